@@ -1,0 +1,55 @@
+# sharpcxr: every target installs what it needs (uv is bootstrapped when missing).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: help uv install serve test test-all models bench lint openapi study loadtest contact-sheet clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+uv:  ## make sure uv is available (pip-installs it when missing)
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) --version
+
+install: uv  ## create .venv from uv.lock (frozen: the lock is the truth)
+	@$(UV) sync --frozen
+
+test: install  ## run the default test suite (no slow, no gpu)
+	$(RUN) pytest
+
+test-all: install  ## run every test, slow ones included (gpu tests skip without a GPU)
+	$(RUN) pytest -m "not gpu"
+	$(RUN) pytest -m gpu || test $$? -eq 5
+
+bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prints tables)
+	$(RUN) python -m benchmarks.bench_decode --out benchmarks/results/decode.json
+
+lint: install  ## ruff + mypy (strict on imaging/ and service/)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+contact-sheet: install  ## redraw docs/contact_sheet.png from phantoms
+	$(RUN) python -m imaging.phantoms.contact_sheet docs/contact_sheet.png
+
+serve: install  ## build demo models if missing and serve on $(HOST):$(PORT)
+	@echo "make serve: the inference service (issue #4) and demo models (issue #3) are not built yet" >&2; exit 1
+
+models: install  ## build the demo models and models/manifest.json
+	@echo "make models: the training module (issue #3) is not built yet" >&2; exit 1
+
+openapi: install  ## regenerate openapi/openapi.json from the app
+	@echo "make openapi: the service (issue #4) is not built yet" >&2; exit 1
+
+study: install  ## run the CPU resolution study
+	@echo "make study: the resolution study (issue #5) is not built yet" >&2; exit 1
+
+loadtest: install  ## per-resolution cost sweep against a running service
+	@echo "make loadtest: the service (issue #4) is not built yet" >&2; exit 1
+
+clean:  ## remove caches (keeps .venv and models)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,158 @@
+"""Pixel decoding with pydicom's plugins, fastest first, falling back on failure.
+
+Only plugins whose licences fit Apache-2.0 are installed: pylibjpeg with
+pylibjpeg-openjpeg (JPEG 2000, HTJ2K; MIT / BSD-2) and pylibjpeg-rle (RLE; MIT), pyjpegls
+(JPEG-LS; MIT / BSD-3), GDCM (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000; BSD)
+and Pillow (JPEG baseline/extended 8-bit, JPEG 2000; MIT-CMU). pylibjpeg-libjpeg is GPL-3
+and deliberately absent: GDCM decodes the syntaxes it would.
+
+The order below comes from ``benchmarks/bench_decode.py`` (see the README table): the
+first plugin is the fastest on this machine; the others are tried when it fails on a
+given file (Pillow, for one, cannot decode 12-bit JPEG).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom.uid as uids
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+
+from imaging.errors import CorruptDicomError, UnsupportedTransferSyntaxError
+from imaging.header import HeaderFacts
+
+logger = logging.getLogger(__name__)
+# pydicom logs a full traceback at ERROR for every plugin that fails before another one
+# succeeds; we report failures ourselves (one line, no traceback), so keep those quiet.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+#: pseudo-plugin: GDCM called directly (see ``_decode_gdcm_direct``)
+GDCM_DIRECT = "gdcm-direct"
+
+#: transfer syntax -> plugins in order of preference (fastest first)
+PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
+    uids.RLELossless: ("pylibjpeg", "pydicom"),
+    uids.JPEGBaseline8Bit: ("pillow", "gdcm"),
+    uids.JPEGExtended12Bit: ("pillow", "gdcm", GDCM_DIRECT),
+    uids.JPEGLossless: ("gdcm",),
+    uids.JPEGLosslessSV1: ("gdcm",),
+    uids.JPEGLSLossless: ("pyjpegls", "gdcm"),
+    uids.JPEGLSNearLossless: ("pyjpegls", "gdcm"),
+    uids.JPEG2000Lossless: ("pylibjpeg", "gdcm", "pillow"),
+    uids.JPEG2000: ("pylibjpeg", "gdcm", "pillow"),
+    uids.HTJ2KLossless: ("pylibjpeg",),
+    uids.HTJ2KLosslessRPCL: ("pylibjpeg",),
+    uids.HTJ2K: ("pylibjpeg",),
+}
+
+
+def plugin_order(tsyntax: str) -> list[str]:
+    """Installed plugins for ``tsyntax`` in preference order ("" = pydicom's native)."""
+    decoder = get_decoder(uids.UID(tsyntax))
+    available = list(decoder.available_plugins)
+    if not available:  # native (uncompressed / deflate / big endian): no plugin choice
+        return [""]
+    if "gdcm" in available:
+        available.append(GDCM_DIRECT)
+    preferred = [p for p in PLUGIN_PREFERENCE.get(tsyntax, ()) if p in available]
+    return preferred + [p for p in available if p not in preferred and p != GDCM_DIRECT]
+
+
+def _decode_gdcm_direct(data: bytes) -> npt.NDArray[Any]:
+    """Decode a single-frame grayscale file with GDCM itself, bypassing pydicom's plugin.
+
+    pydicom's GDCM plugin refuses 12-bit JPEG Extended (process 4), yet python-gdcm 3.2
+    decodes it correctly (it first tries its 16-bit codec, prints "Unsupported JPEG data
+    precision 12" to native stderr, then retries with its 12-bit codec). Checked against
+    pydicom's reference values for JPGExtended.dcm in tests/imaging/test_dicom_real.py.
+    GDCM reads from a path, so the bytes go through a private temporary file.
+    """
+    import gdcm
+
+    fd, path = tempfile.mkstemp(suffix=".dcm")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(path)
+        if not reader.Read():
+            raise RuntimeError("GDCM could not read the file")
+        image = reader.GetImage()
+        fmt = image.GetPixelFormat()
+        dtype = {
+            (8, 0): np.uint8,
+            (8, 1): np.int8,
+            (16, 0): np.uint16,
+            (16, 1): np.int16,
+        }.get((fmt.GetBitsAllocated(), fmt.GetPixelRepresentation()))
+        if dtype is None or fmt.GetSamplesPerPixel() != 1:
+            raise RuntimeError("GDCM decoded an unsupported pixel format")
+        buffer = image.GetBuffer().encode("utf-8", "surrogateescape")
+        rows, columns = image.GetDimension(1), image.GetDimension(0)
+        return np.frombuffer(buffer, dtype=dtype).reshape(rows, columns).copy()
+    finally:
+        os.unlink(path)
+
+
+def decode_pixels(
+    ds: Dataset, facts: HeaderFacts, data: bytes, *, plugin: str | None = None
+) -> npt.NDArray[Any]:
+    """Decode the single frame of ``ds`` (parsed from ``data``) to stored values.
+
+    Returns shape ``(rows, columns)``.
+
+    Integer dtype as decoded (uint8/uint16/int16/...). Unused high bits of unsigned data
+    (old files hid overlays there) are cleared. Raises :class:`CorruptDicomError` when no
+    plugin can decode the data.
+    """
+    tsyntax = facts.transfer_syntax_uid
+    candidates = [plugin] if plugin else plugin_order(tsyntax)
+    if plugin and plugin not in plugin_order(tsyntax):
+        raise UnsupportedTransferSyntaxError(
+            f"decoder plugin {plugin!r} is not installed for {facts.transfer_syntax_name}"
+        )
+    failures: list[str] = []
+    for name in candidates:
+        try:
+            if name == GDCM_DIRECT:
+                arr = _decode_gdcm_direct(data)
+            else:
+                ds.pixel_array_options(decoding_plugin=name)
+                arr = ds.pixel_array
+        except Exception as exc:  # each plugin raises its own types on bad data
+            failures.append(f"{name or 'native'}: {type(exc).__name__}")
+            logger.info(
+                "decoder failed",
+                extra={
+                    "plugin": name or "native",
+                    "transfer_syntax": tsyntax,
+                    "error": type(exc).__name__,
+                },
+            )
+            continue
+        return _check_and_mask(arr, facts)
+    raise CorruptDicomError(
+        f"the {facts.transfer_syntax_name} pixel data could not be decoded (corrupt or "
+        f"truncated; tried {', '.join(failures)})"
+    )
+
+
+def _check_and_mask(arr: npt.NDArray[Any], facts: HeaderFacts) -> npt.NDArray[Any]:
+    if arr.shape != (facts.rows, facts.columns):
+        raise CorruptDicomError(
+            f"decoded pixel data have shape {arr.shape}, the header says "
+            f"{facts.rows} x {facts.columns}"
+        )
+    if arr.dtype.kind not in "ui":
+        raise CorruptDicomError(f"decoded pixel data have non-integer type {arr.dtype}")
+    if arr.dtype.kind == "u" and facts.bits_stored < arr.dtype.itemsize * 8:
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        np.bitwise_and(arr, (1 << facts.bits_stored) - 1, out=arr)
+    return arr

@@ -1,0 +1,316 @@
+"""DICOM bytes -> display pixels + header facts (``read_dicom``).
+
+Pixel convention of the output: ``float32`` array of shape ``(rows, columns)``, values in
+``[0, 1]``, **higher = denser / brighter** (bone white, air black, whatever the stored
+photometric interpretation), row 0 at the top of the image as stored.
+
+Accepted: DICOM Part 10 files, and bare datasets (no preamble, no file meta) when they
+parse. Refused, each with a domain error from :mod:`imaging.errors` (400: not usable
+bytes; 422: valid DICOM that cannot be assessed): not DICOM, truncated or corrupt, no
+pixel data, colour, multi-frame, a transfer syntax no installed decoder handles, and an
+image whose header declares more pixels than ``max_pixels``. The pixel budget is checked
+from the header **before** any pixel data is decoded, so a hostile header cannot make the
+decoder allocate gigabytes.
+
+Nothing here reads or returns patient identifiers: :class:`HeaderFacts` holds technical
+facts only.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from imaging import display
+from imaging.decoders import decode_pixels
+from imaging.errors import (
+    ColourImageError,
+    CorruptDicomError,
+    MultiFrameError,
+    NoPixelDataError,
+    NotDicomError,
+    PixelBudgetError,
+    TruncatedDicomError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
+)
+from imaging.header import HeaderFacts, header_facts
+
+logger = logging.getLogger(__name__)
+# pydicom warns about every oddity of real-world headers, quoting the offending value,
+# which may be a patient's name: never let those reach logs. Problems that matter are
+# raised as ImagingError instead.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+
+#: default pixel budget: 36 Mpx (6000 x 6000) is well above any chest radiograph
+DEFAULT_MAX_PIXELS = 36_000_000
+
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+_PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
+_FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
+_GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+
+# Magic numbers of files that people upload by mistake, for a message that says what
+# the file is instead of "not DICOM".
+_KNOWN_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded radiograph.
+
+    ``pixels``: float32 ``(rows, columns)`` in ``[0, 1]``, higher = denser/brighter.
+    ``facts``: technical header facts (no patient identifiers).
+    ``timings_ms``: ``parse`` and ``decode`` (pixel decoding + display chain) in ms.
+    """
+
+    pixels: npt.NDArray[np.float32]
+    facts: HeaderFacts
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def read_dicom(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoding_plugin: str | None = None,
+) -> DecodedImage:
+    """Decode DICOM ``data`` to display pixels; see the module docstring for the rules.
+
+    ``decoding_plugin`` forces one pydicom pixel plugin (e.g. ``"gdcm"``); by default
+    :mod:`imaging.decoders` picks the fastest installed one and falls back to the others.
+    """
+    start = time.perf_counter()
+    ds = parse_dataset(data)
+    facts = check_dataset(ds, max_pixels=max_pixels)
+    parsed = time.perf_counter()
+    stored = decode_pixels(ds, facts, data, plugin=decoding_plugin)
+    transform = display.describe(ds)
+    pixels = display.to_display(
+        stored, ds, facts.bits_stored, facts.pixel_representation, transform
+    )
+    done = time.perf_counter()
+    return DecodedImage(
+        pixels=pixels,
+        facts=facts.with_display(transform),
+        timings_ms={"parse": (parsed - start) * 1e3, "decode": (done - parsed) * 1e3},
+    )
+
+
+def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> HeaderFacts:
+    """Parse and check ``data`` without decoding pixels; raise what ``read_dicom`` would."""
+    ds = parse_dataset(data)
+    facts = check_dataset(ds, max_pixels=max_pixels)
+    return facts.with_display(display.describe(ds))
+
+
+# ---------------------------------------------------------------------------- parsing
+def _sniff_other_format(data: bytes) -> str | None:
+    for magic, what in _KNOWN_FORMATS:
+        if data.startswith(magic):
+            return what
+    return None
+
+
+def _looks_like_bare_dataset(data: bytes) -> bool:
+    """A dataset without preamble starts with a group 0x0002 or 0x0008 element.
+
+    Checked before forcing pydicom to parse, because ``force=True`` on arbitrary bytes
+    "succeeds" with a garbage dataset.
+    """
+    if len(data) < 8:
+        return False
+    group_le = int.from_bytes(data[0:2], "little")
+    group_be = int.from_bytes(data[0:2], "big")
+    return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
+
+
+def parse_dataset(data: bytes) -> Dataset:
+    """Parse ``data`` into a pydicom Dataset with a usable transfer syntax.
+
+    Raises :class:`NotDicomError`, :class:`TruncatedDicomError` or
+    :class:`CorruptDicomError`.
+    """
+    if not data:
+        raise NotDicomError("the upload is empty; send a DICOM Part 10 file")
+    is_part10 = len(data) >= 132 and data[128:132] == b"DICM"
+    # Sniff only without the DICM marker: a Part 10 preamble may legally hold a TIFF
+    # header (dual-personality files such as NEMA's RG1_UNCR).
+    other = None if is_part10 else _sniff_other_format(data)
+    if other is not None:
+        raise NotDicomError(f"the upload is {other}, not DICOM; send the DICOM file itself")
+    if not is_part10 and not _looks_like_bare_dataset(data):
+        raise NotDicomError(
+            "the upload is not DICOM: no 'DICM' marker at byte 128 and no DICOM dataset "
+            "at the start"
+        )
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=not is_part10)
+        # Touch every top-level element now, so a malformed value fails here (where it
+        # is reported as corrupt) rather than at random later.
+        for elem in ds:
+            _ = elem.value
+    except EOFError as exc:
+        raise TruncatedDicomError(
+            f"the DICOM file is truncated ({len(data)} bytes): it ends inside an element"
+        ) from exc
+    except InvalidDicomError as exc:
+        raise NotDicomError(f"the upload is not a valid DICOM file: {_short(exc)}") from exc
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise CorruptDicomError(f"the DICOM header could not be parsed: {_short(exc)}") from exc
+    # pydicom drops an element cut off by the end of the file (with a warning, which is
+    # global state and useless across threads); a Pixel Data tag in the bytes but not in
+    # the dataset is that case.
+    if _PIXEL_DATA not in ds and (_PIXEL_DATA_TAG_LE in data or _PIXEL_DATA_TAG_BE in data):
+        raise TruncatedDicomError(
+            f"the DICOM file is truncated ({len(data):,} bytes): it ends before its last "
+            "element is complete"
+        )
+    if "Rows" not in ds and "SOPClassUID" not in ds and _PIXEL_DATA not in ds:
+        if not is_part10:
+            raise NotDicomError("the upload is not DICOM: no image or SOP class elements")
+        raise CorruptDicomError(
+            "the DICOM file holds no recognisable elements (no SOP class, no image)"
+        )
+    _ensure_transfer_syntax(ds)
+    return ds
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception message, bounded: never a traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Give a bare dataset (no file meta) the transfer syntax pydicom parsed it with."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = True, True
+    if implicit:
+        uid = ImplicitVRLittleEndian
+    else:
+        uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+
+
+# ---------------------------------------------------------------------------- checks
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise CorruptDicomError(f"the image pixel module lacks {keyword}")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise CorruptDicomError(f"{keyword} is not an integer") from exc
+
+
+def check_dataset(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> HeaderFacts:
+    """Refuse what cannot be assessed, from the header alone; return the header facts."""
+    if _PIXEL_DATA not in ds:
+        if any(tag in ds for tag in _FLOAT_PIXEL_DATA):
+            raise UnsupportedImageError(
+                "float pixel data (parametric maps) cannot be assessed; send a radiograph"
+            )
+        raise NoPixelDataError(
+            "the DICOM dataset has no pixel data (e.g. a report or presentation state); "
+            "send the image itself"
+        )
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    frames = _int(ds, "NumberOfFrames", 1) or 1
+    if rows <= 0 or columns <= 0:
+        raise CorruptDicomError(f"the header declares an empty image ({rows} x {columns})")
+    declared = rows * columns * frames
+    if declared > max_pixels:
+        raise PixelBudgetError(
+            f"the header declares {rows} x {columns} pixels"
+            + (f" x {frames} frames" if frames > 1 else "")
+            + f" = {declared:,}, over the budget of {max_pixels:,} pixels; "
+            "send a smaller image or raise SHARPCXR_MAX_PIXELS"
+        )
+    if frames > 1:
+        raise MultiFrameError(
+            f"the image has {frames} frames; a radiograph is one frame: send one frame"
+        )
+    samples = _int(ds, "SamplesPerPixel", 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if samples != 1 or photometric not in _GRAYSCALE:
+        raise ColourImageError(
+            f"the image is colour ({photometric or 'unknown'}, {samples} samples per pixel); "
+            "chest radiographs must be MONOCHROME1 or MONOCHROME2"
+        )
+    bits_allocated = _int(ds, "BitsAllocated")
+    bits_stored = _int(ds, "BitsStored", bits_allocated)
+    representation = _int(ds, "PixelRepresentation", 0)
+    if bits_allocated not in (8, 16, 32) or not 1 <= bits_stored <= bits_allocated:
+        raise UnsupportedImageError(
+            f"unsupported pixel layout: {bits_stored} bits stored in {bits_allocated} "
+            "allocated; expected 8, 16 or 32 bits allocated"
+        )
+    if representation not in (0, 1):
+        raise CorruptDicomError("PixelRepresentation must be 0 or 1")
+    tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    _check_decodable(tsyntax)
+    if not tsyntax.is_compressed:
+        expected = rows * columns * bits_allocated // 8
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise TruncatedDicomError(
+                f"the pixel data hold {actual:,} bytes where {rows} x {columns} x "
+                f"{bits_allocated} bits need {expected:,}: the file is truncated"
+            )
+    return header_facts(ds, tsyntax)
+
+
+def _check_decodable(tsyntax: UID) -> None:
+    name = tsyntax.name if tsyntax.is_transfer_syntax else "an unknown transfer syntax"
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise UnsupportedTransferSyntaxError(
+            f"pixel data in {name} ({tsyntax}) cannot be decoded here; send the image "
+            "uncompressed, JPEG, JPEG-LS, JPEG 2000, HTJ2K or RLE"
+        ) from None
+    if not decoder.is_available:
+        raise UnsupportedTransferSyntaxError(
+            f"no installed decoder handles {name} ({tsyntax}); reinstall with `make install`"
+        )
+
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
+    "HeaderFacts",
+    "check_dataset",
+    "parse_dataset",
+    "read_dicom",
+    "read_header",
+]

@@ -1,0 +1,119 @@
+"""The ``sharpcxr`` command line: one sub-command per job (see DESIGN.md, Command line).
+
+Each sub-command lives next to the code it drives; this module only wires them up, so
+importing it stays cheap (heavy imports happen inside the handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the input was refused (not DICOM, corrupt, cannot be assessed)
+EXIT_USAGE = 2  # argparse's own code for bad arguments
+
+
+def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="print a DICOM file's header facts as JSON and write the exact model input",
+        description=(
+            "Decode FILE exactly as the service does. Prints the header facts (no patient "
+            "identifiers) as JSON; with --out, writes the model input at --resolution as "
+            "an 8-bit PNG. Exits 1 with a one-line reason when the file is refused."
+        ),
+    )
+    p.add_argument("file", type=Path, help="a DICOM file (Part 10 or a bare dataset)")
+    p.add_argument("--resolution", type=int, default=1024, help="model input size R (64..2048)")
+    p.add_argument("--out", type=Path, help="write the R x R model input here as PNG")
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="pixel budget (default: 36,000,000)"
+    )
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from imaging.dicom import DEFAULT_MAX_PIXELS, read_dicom
+    from imaging.errors import ImagingError
+    from imaging.preprocess import model_input_to_display, preprocess
+
+    if not 64 <= args.resolution <= 2048:
+        print(
+            f"sharpcxr inspect: --resolution must be in 64..2048, got {args.resolution}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"sharpcxr inspect: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        decoded = read_dicom(data, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    except ImagingError as exc:
+        print(f"sharpcxr inspect: refused ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    model_input = preprocess(decoded.pixels, args.resolution)
+    g = model_input.geometry
+    report = {
+        "file_bytes": len(data),
+        "header": decoded.facts.to_dict(),
+        "model_input": {
+            "resolution": g.resolution,
+            "content_rows": g.content_rows,
+            "content_columns": g.content_columns,
+            "offset_y": g.offset_y,
+            "offset_x": g.offset_x,
+            "png": str(args.out) if args.out else None,
+        },
+        "timings_ms": {k: round(v, 2) for k, v in decoded.timings_ms.items()},
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(model_input_to_display(model_input.image), mode="L").save(args.out)
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _add_phantoms(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from imaging.phantoms import add_phantoms_arguments, run_phantoms
+
+    p = sub.add_parser(
+        "phantoms",
+        help="write a synthetic chest X-ray dataset (DICOM + train-rle.csv, SIIM-ACR layout)",
+        description="Synthetic CXR phantoms with pneumothoraces and exact masks.",
+    )
+    add_phantoms_arguments(p)
+    p.set_defaults(handler=run_phantoms)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sharpcxr", description="Resolution-aware chest X-ray AI (see README.md)."
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_phantoms(sub)
+    _add_inspect(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
