@@ -22,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pydicom.uid as uids
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
 
 from imaging.errors import CorruptDicomError, UnsupportedTransferSyntaxError
 from imaging.header import HeaderFacts
@@ -151,7 +152,11 @@ def _check_and_mask(arr: npt.NDArray[Any], facts: HeaderFacts) -> npt.NDArray[An
         )
     if arr.dtype.kind not in "ui":
         raise CorruptDicomError(f"decoded pixel data have non-integer type {arr.dtype}")
-    if arr.dtype.kind == "u" and facts.bits_stored < arr.dtype.itemsize * 8:
+    # Only native (uncompressed) data can carry overlay bits above Bits Stored; a lossy
+    # decoder's overshoot past the top value is clipped by the display table instead of
+    # being wrapped to black here.
+    compressed = UID(facts.transfer_syntax_uid).is_compressed
+    if not compressed and arr.dtype.kind == "u" and facts.bits_stored < arr.dtype.itemsize * 8:
         if not arr.flags.writeable:
             arr = arr.copy()
         np.bitwise_and(arr, (1 << facts.bits_stored) - 1, out=arr)

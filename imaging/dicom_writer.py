@@ -4,8 +4,8 @@
 2-D ``uint16`` (or ``uint8`` for 8-bit) array of *stored values*, shape ``(rows, columns)``,
 row 0 at the top, column 0 at the left. ``encode`` converts it to another transfer syntax and
 ``write_dicom`` does both and saves. Every syntax in ``WRITABLE_TRANSFER_SYNTAXES`` reads back
-through ``pydicom.dcmread(...).pixel_array`` (JPEG Extended 12-bit: through GDCM directly, see
-``PYDICOM_UNDECODABLE``): exactly for the lossless ones, approximately for the lossy ones.
+through ``pydicom.dcmread(...).pixel_array``: exactly for the lossless ones, approximately for
+the lossy ones.
 
 UIDs come from ``pydicom.uid.generate_uid(entropy_srcs=...)`` so the same ``uid_entropy`` gives
 the same file byte for byte. Patient attributes are synthetic (``PHANTOM^SYNTHETIC``...): no
@@ -25,15 +25,15 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -62,16 +62,16 @@ _UNCOMPRESSED = (
 # Encoded by pydicom's own Dataset.compress (plugins: pylibjpeg-rle/pydicom, pyjpegls, openjpeg).
 _PYDICOM_ENCODED = (RLELossless, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000)
 # pydicom 3.0 has no JPEG process 1/2-4/14 encoder; GDCM's ImageChangeTransferSyntax has.
-_GDCM_ENCODED = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
+_GDCM_ENCODED = (JPEGBaseline8Bit, JPEGLossless, JPEGLosslessSV1)
 
 WRITABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = _UNCOMPRESSED + _PYDICOM_ENCODED + _GDCM_ENCODED
 LOSSY_TRANSFER_SYNTAXES: tuple[UID, ...] = (JPEGLSNearLossless, JPEG2000, JPEGBaseline8Bit)
-# Written fine, but pydicom 3.0.2 cannot decode them here: its GDCM and Pillow plugins refuse
-# 12-bit JPEG Extended and pylibjpeg-libjpeg (GPL) is not installed. Useful as a fixture for
-# "valid DICOM, undecodable transfer syntax".
-PYDICOM_UNDECODABLE: tuple[UID, ...] = (JPEGExtended12Bit,)
 
 NOT_WRITABLE: dict[UID, str] = {
+    # GDCM's encoder writes a 16-bit-precision SOF1 for 12-bit data (BitsAllocated, not
+    # BitsStored), which process 2/4 does not allow and libjpeg-turbo refuses to read.
+    JPEGExtended12Bit: "GDCM's JPEG encoder writes 16-bit precision, not the 12 bits JPEG "
+    "Extended allows; no other permissively licensed 12-bit JPEG encoder installs here",
     HTJ2K: "no HTJ2K encoder: pydicom 3.0 ships none and OpenJPEG (pylibjpeg-openjpeg, GDCM) "
     "only decodes HTJ2K",
     HTJ2KLossless: "no HTJ2K encoder: pydicom 3.0 ships none and OpenJPEG only decodes HTJ2K",
@@ -230,12 +230,10 @@ def _mark_lossy(ds: Dataset, method: str, ratio: float) -> None:
 def _gdcm_encode(ds: Dataset, uid: UID, jpeg_quality: int) -> bytes:
     """Encapsulated Pixel Data for ``uid`` produced by GDCM (JPEG processes pydicom lacks)."""
     import gdcm  # local: GDCM is only needed for these syntaxes
-
     from pydicom import dcmread
 
     gdcm_ts = {
         JPEGBaseline8Bit: gdcm.TransferSyntax.JPEGBaselineProcess1,
-        JPEGExtended12Bit: gdcm.TransferSyntax.JPEGExtendedProcess2_4,
         JPEGLossless: gdcm.TransferSyntax.JPEGLosslessProcess14,
         JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1,
     }[uid]
@@ -249,7 +247,7 @@ def _gdcm_encode(ds: Dataset, uid: UID, jpeg_quality: int) -> bytes:
         change = gdcm.ImageChangeTransferSyntax()
         change.SetTransferSyntax(gdcm.TransferSyntax(gdcm_ts))
         change.SetInput(reader.GetImage())
-        if uid in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        if uid == JPEGBaseline8Bit:
             codec = gdcm.JPEGCodec()
             codec.SetLossless(False)
             codec.SetQuality(jpeg_quality)
@@ -318,14 +316,12 @@ def encode(
     else:  # GDCM JPEG processes
         if uid == JPEGBaseline8Bit and bits != 8:
             raise ValueError(f"JPEG Baseline holds 8-bit samples; got BitsStored {bits}")
-        if uid == JPEGExtended12Bit and bits not in (8, 12):
-            raise ValueError(f"JPEG Extended holds 8- or 12-bit samples; got BitsStored {bits}")
         raw_size = arr.nbytes
         ds.PixelData = _gdcm_encode(ds, uid, jpeg_quality)
         ds["PixelData"].VR = "OB"
         ds["PixelData"].is_undefined_length = True
         ds.file_meta.TransferSyntaxUID = uid
-        if uid in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        if uid == JPEGBaseline8Bit:
             _mark_lossy(ds, "ISO_10918_1", raw_size / max(1, len(ds.PixelData)))
     logger.debug("encoded %s as %s", ds.SOPInstanceUID, uid.name)
     return ds
@@ -362,22 +358,3 @@ def write_dicom(
     )
     ds.save_as(target, enforce_file_format=True)
     return ds
-
-
-def read_pixels_gdcm(path: str | os.PathLike[str]) -> npt.NDArray[Any]:
-    """Decode a single-frame grayscale file with GDCM; shape ``(rows, columns)``.
-
-    For ``PYDICOM_UNDECODABLE`` syntaxes (tests and round-trip checks only).
-    """
-    import gdcm
-
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(path))
-    if not reader.Read():
-        raise RuntimeError(f"GDCM could not read {path}")
-    image = reader.GetImage()
-    columns, rows = (int(image.GetDimension(i)) for i in range(2))
-    dtype = np.uint8 if image.GetPixelFormat().GetBitsAllocated() == 8 else np.dtype("<u2")
-    # GDCM's Python binding returns the buffer as a str of surrogate-escaped bytes.
-    raw = image.GetBuffer().encode("utf-8", "surrogateescape")
-    return np.frombuffer(raw, dtype=dtype).reshape(rows, columns).copy()

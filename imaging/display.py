@@ -47,10 +47,8 @@ def stored_range(bits_stored: int, pixel_representation: int) -> tuple[int, int]
 def _first_number(value: Any) -> float | None:
     """First value of a (possibly multi-valued) numeric element, None when unusable."""
     try:
-        if (
-            isinstance(value, list | tuple)
-            or hasattr(value, "__getitem__")
-            and not isinstance(value, str | bytes)
+        if isinstance(value, list | tuple) or (
+            hasattr(value, "__getitem__") and not isinstance(value, str | bytes)
         ):
             value = value[0]
         number = float(value)

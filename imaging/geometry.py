@@ -211,13 +211,6 @@ class LetterboxGeometry:
         )
         return np.asarray(out, dtype=np.float32)
 
-    def _content(self, model_grid: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        """The part of an ``(R, R)`` model-grid array that holds the image (no padding)."""
-        return model_grid[
-            self.offset_y : self.offset_y + self.content_rows,
-            self.offset_x : self.offset_x + self.content_columns,
-        ]
-
     def _check_model_shape(self, array: npt.NDArray[Any]) -> None:
         if array.shape != (self.resolution, self.resolution):
             raise ValueError(

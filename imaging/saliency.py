@@ -95,10 +95,12 @@ def normalise_cam(cam: npt.ArrayLike) -> FloatArray:
     each map normalised on its own): the channel-weighted sum of the target layer's
     activations, before or after ReLU. pytorch-grad-cam applies ``np.maximum(cam, 0)`` and
     then ``scale_cam_image``: ``img -= min(img); img /= 1e-7 + max(img)``; this does the
-    same, so a map that already went through ReLU (or this function) is unchanged up to
-    the ``1e-7`` in the divisor. An all-zero, all-negative or constant map gives zeros,
-    never NaN. pytorch-grad-cam normalises once more after resizing to the input size;
-    this module deliberately does not (see the module docstring).
+    same (bit for bit in float32), so a map that already went through ReLU is treated
+    identically. The epsilon is absolute: a map whose peak is tiny (e.g. 0.008) comes out
+    with its peak a little under 1, as in pytorch-grad-cam. An all-zero, all-negative or
+    constant map gives zeros, never NaN. pytorch-grad-cam normalises once more after
+    resizing to the input size; this module deliberately does not (see the module
+    docstring).
 
     Raises ``ValueError`` for fewer than 2 dimensions or non-finite values.
     """
@@ -160,8 +162,8 @@ def _component_stats(
         x, y, w, h = cv2.boundingRect(contour)
         first_x, first_y = (int(v) for v in contour[0, 0])
         label = int(labels[first_y, first_x])
-        # stubs lack the scalar src2 overload
-        member = cv2.compare(labels[y : y + h, x : x + w], label, cv2.CMP_EQ)  # type: ignore[call-overload]
+        # numpy, not cv2.compare: cv2 mistakes tiny arrays for scalars ("sizes do not match").
+        member = np.ascontiguousarray(labels[y : y + h, x : x + w] == label).view(np.uint8)
         area = int(cv2.countNonZero(member))
         score = 1.0
         if saliency is not None:

@@ -115,7 +115,7 @@ def contrast_curve(density: F32, site: SiteProfile) -> F32:
         # Gamma on transmitted exposure, flipped: a flatter, greyer look than site a.
         exposure = np.clip(1.0 - density * np.float32(1.0 / DENSITY_MAX), 0.0, 1.0)
         out = 1.0 - exposure ** np.float32(site.gamma)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
 def rotate(
@@ -128,7 +128,10 @@ def rotate(
     """
     rows, cols = density.shape
     mat = cv2.getRotationMatrix2D(((cols - 1) / 2.0, (rows - 1) / 2.0), angle_deg, 1.0)
-    out = cv2.warpAffine(density, mat, (cols, rows), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    out = np.asarray(
+        cv2.warpAffine(density, mat, (cols, rows), flags=cv2.INTER_LINEAR, borderValue=0.0),
+        dtype=np.float32,
+    )
     rotated = []
     for m in masks:
         r = cv2.warpAffine(m.astype(np.uint8), mat, (cols, rows), flags=cv2.INTER_NEAREST)
@@ -193,8 +196,8 @@ def quantise(display: F32, bits_stored: int, photometric: Photometric) -> npt.ND
     picture.
     """
     top = (1 << bits_stored) - 1
-    v = np.clip(display, 0.0, 1.0) * np.float32(top)
-    stored = np.rint(v).astype(np.uint16)
+    v = np.asarray(np.clip(display, 0.0, 1.0), dtype=np.float32) * np.float32(top)
+    stored = np.asarray(np.rint(v), dtype=np.uint16)
     if photometric == "MONOCHROME1":
-        stored = np.uint16(top) - stored
+        stored = np.asarray(top - stored, dtype=np.uint16)
     return stored

@@ -14,8 +14,8 @@ resolution because they are the fine detail that downsampling removes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import cv2
@@ -40,7 +40,7 @@ class Frame:
 
     @classmethod
     def for_image(cls, rows: int, columns: int) -> Frame:
-        """Square box of side ``min(rows, columns)``; centred across, a little high in tall images."""
+        """Square box of side ``min(rows, columns)``, centred across, high in tall images."""
         side = float(min(rows, columns))
         return cls(rows, columns, side, (rows - side) * 0.3, (columns - side) / 2.0)
 
@@ -226,7 +226,7 @@ def render_anatomy(rng: np.random.Generator, frame: Frame) -> Anatomy:
     bones = _render_bones(rng, frame, mid_shape, mid, lungs)
 
     def up(a: F32) -> F32:
-        return cv2.resize(a, (cols, rows), interpolation=cv2.INTER_LINEAR)
+        return np.asarray(cv2.resize(a, (cols, rows), interpolation=cv2.INTER_LINEAR), np.float32)
 
     background = up(density)
     background += up(bones)
@@ -358,8 +358,9 @@ def _render_bones(
         _stroke(clav, frame.to_px(np.stack([cx, cy], 1), scale), 0.024 * s)
     ring = posterior.astype(np.float32) - posterior_core
     bones = 0.035 * posterior + 0.03 * ring + 0.035 * anterior + 0.08 * clav.astype(np.float32)
-    bones = cv2.GaussianBlur(bones, (0, 0), 0.7)
-    return (bones / 255.0).astype(np.float32)
+    out = np.asarray(cv2.GaussianBlur(bones, (0, 0), 0.7), np.float32)
+    out *= np.float32(1.0 / 255.0)
+    return out
 
 
 def _stroke(canvas: npt.NDArray[np.uint8], pts: npt.NDArray[np.float64], width: float) -> None:

@@ -112,7 +112,9 @@ def render_contact_sheet(
         sheet[y : y + crop, label_w : label_w + crop] = cell
         for j, res in enumerate(RESOLUTIONS):
             small = cv2.resize(ph.pixels, (res, res), interpolation=cv2.INTER_AREA)
-            shown = cv2.resize(small, (tile, tile), interpolation=cv2.INTER_NEAREST)
+            shown = np.asarray(
+                cv2.resize(small, (tile, tile), interpolation=cv2.INTER_NEAREST), np.float32
+            )
             x = label_w + tile * (j + 1)
             sheet[y : y + tile, x : x + tile] = _to_rgb(shown)
             if ph.mask.any():

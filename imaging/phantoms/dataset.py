@@ -14,8 +14,8 @@ it is byte-identical whatever ``n`` is, and whether it is generated alone or in 
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -233,7 +233,7 @@ def write_phantom_dataset(
                 columns,
                 bits_stored,
                 profile.modality,
-            ),  # fmt: skip
+            ),
             patient_name=f"PHANTOM^SITE{profile.name.upper()}^{index:06d}",
             patient_id=f"SHARPCXR-{profile.name.upper()}-{seed}-{index:06d}",
             institution=f"SHARPCXR SYNTHETIC SITE {profile.name.upper()}",

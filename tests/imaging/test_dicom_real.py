@@ -28,14 +28,16 @@ def test_siim_file_decodes_with_header_facts(siim_bytes: bytes) -> None:
     assert f.pixel_spacing_mm == pytest.approx((0.168, 0.168))
     assert f.voi_source == "stored_range"  # no window in the file: the full 8-bit range
     assert image.pixels.dtype == np.float32 and image.pixels.shape == (1024, 1024)
-    assert 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+    assert image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
     # Orientation: the lungs (centre of each half) are darker than the spine (centre).
     p = image.pixels
     lungs = (p[350:650, 200:350].mean() + p[350:650, 674:824].mean()) / 2
     assert lungs < p[350:650, 480:544].mean()
 
 
-def test_fake_monochrome1_decodes_to_the_negative(siim_bytes: bytes, fake_mono1_bytes: bytes) -> None:
+def test_fake_monochrome1_decodes_to_the_negative(
+    siim_bytes: bytes, fake_mono1_bytes: bytes
+) -> None:
     mono2 = read_dicom(siim_bytes)
     mono1 = read_dicom(fake_mono1_bytes)
     assert mono1.facts.photometric_interpretation == "MONOCHROME1"
@@ -84,8 +86,10 @@ def test_rg1_is_displayed_with_its_window_and_inverted() -> None:
     p = image.pixels
     # MONOCHROME1 inverted: lung fields darker than the mediastinum.
     rows, cols = p.shape
-    lungs = (p[rows // 3 : rows // 2, cols // 5 : cols // 3].mean()
-             + p[rows // 3 : rows // 2, 2 * cols // 3 : 4 * cols // 5].mean()) / 2
+    lungs = (
+        p[rows // 3 : rows // 2, cols // 5 : cols // 3].mean()
+        + p[rows // 3 : rows // 2, 2 * cols // 3 : 4 * cols // 5].mean()
+    ) / 2
     assert lungs < p[rows // 3 : rows // 2, 9 * cols // 20 : 11 * cols // 20].mean()
 
 

@@ -87,7 +87,7 @@ def test_corrupt_compressed_pixel_data(ramp12: np.ndarray) -> None:
     data = bytearray(to_bytes(ds))
     # Overwrite the RLE segment bytes (the end of the file) with noise.
     data[-2000:] = np.random.default_rng(3).bytes(2000)
-    with pytest.raises(CorruptDicomError, match="could not be decoded|truncated"):
+    with pytest.raises(CorruptDicomError, match=r"could not be decoded|truncated"):
         read_dicom(bytes(data))
 
 

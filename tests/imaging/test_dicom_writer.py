@@ -8,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, UID
+from pydicom.uid import UID, JPEGBaseline8Bit
 
 from imaging.dicom_writer import (
     LOSSY_TRANSFER_SYNTAXES,
     NOT_WRITABLE,
-    PYDICOM_UNDECODABLE,
     WRITABLE_TRANSFER_SYNTAXES,
     build_dataset,
     encode,
-    read_pixels_gdcm,
     resolve_transfer_syntax,
     write_dicom,
 )
@@ -48,13 +46,10 @@ def test_round_trip(uid: UID, tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == uid
     assert ds.BitsStored == bits and ds.HighBit == bits - 1 and ds.PixelRepresentation == 0
-    if uid in PYDICOM_UNDECODABLE:
-        got = read_pixels_gdcm(path)
-    else:
-        got = ds.pixel_array
+    got = ds.pixel_array
     assert got.shape == arr.shape
     err = np.abs(got.astype(np.int64) - arr)
-    if uid in LOSSY_TRANSFER_SYNTAXES or uid == JPEGExtended12Bit:
+    if uid in LOSSY_TRANSFER_SYNTAXES:
         assert ds.LossyImageCompression == "01"
         assert np.percentile(err, 99) <= 0.02 * 2**bits
     else:
@@ -74,7 +69,7 @@ def test_big_endian_and_bits(bits: int) -> None:
 
 def test_not_writable_is_clear() -> None:
     for uid, reason in NOT_WRITABLE.items():
-        with pytest.raises(ValueError, match="HTJ2K"):
+        with pytest.raises(ValueError, match=r"cannot write .*(HTJ2K|precision)"):
             write_dicom(io.BytesIO(), _image(12), transfer_syntax=uid)
         assert reason
     with pytest.raises(ValueError, match="8-bit"):

@@ -41,15 +41,23 @@ def test_rescale_applies_before_the_window() -> None:
     pixels = values(0, 100, 200)
     # modality value = 2 * stored - 100 -> -100, 100, 300; window c=100, w=401 LINEAR_EXACT
     image = read_dicom(
-        make_dicom(pixels, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=100,
-                   WindowWidth=400, VOILUTFunction="LINEAR_EXACT")
+        make_dicom(
+            pixels,
+            RescaleSlope=2,
+            RescaleIntercept=-100,
+            WindowCenter=100,
+            WindowWidth=400,
+            VOILUTFunction="LINEAR_EXACT",
+        )
     )
     np.testing.assert_allclose(image.pixels[0], [0.0, 0.5, 1.0], atol=1e-6)
 
 
 def test_sigmoid_window() -> None:
     pixels = values(1000, 2000, 3000)
-    image = read_dicom(make_dicom(pixels, WindowCenter=2000, WindowWidth=1000, VOILUTFunction="SIGMOID"))
+    image = read_dicom(
+        make_dicom(pixels, WindowCenter=2000, WindowWidth=1000, VOILUTFunction="SIGMOID")
+    )
     expected = 1 / (1 + np.exp(-4 * (pixels[0].astype(float) - 2000) / 1000))
     np.testing.assert_allclose(image.pixels[0], expected, atol=1e-6)
 
@@ -92,7 +100,9 @@ def test_signed_pixels_with_rescale() -> None:
         ({}, None),
     ],
 )
-def test_pixel_spacing(spacing: dict, expected: tuple[float, float] | None, ramp12: np.ndarray) -> None:
+def test_pixel_spacing(
+    spacing: dict, expected: tuple[float, float] | None, ramp12: np.ndarray
+) -> None:
     facts = read_dicom(make_dicom(ramp12, **spacing)).facts
     assert facts.pixel_spacing_mm == (pytest.approx(expected) if expected else None)
 

@@ -56,7 +56,7 @@ def test_mask_inside_lung_and_only_for_positives(site: str) -> None:
         ph = generate_phantom(3, index, site, 256, positive_fraction=0.5)
         assert ph.mask.any() == ph.metadata["pneumothorax"]
         assert ph.pixels.dtype == np.float32 and ph.pixels.shape == (256, 256)
-        assert 0.0 <= ph.pixels.min() and ph.pixels.max() <= 1.0
+        assert ph.pixels.min() >= 0.0 and ph.pixels.max() <= 1.0
         if ph.mask.any():
             assert (ph.mask & ~ph.lung).sum() == 0
             side_cols = np.nonzero(ph.mask)[1]
@@ -115,7 +115,7 @@ def test_dataset_csv_dicom_and_manifest(tmp_path: Path) -> None:
     csv_path = write_phantom_dataset(out, 4, site="b", size=192, seed=1, bits_stored=10)
     with csv_path.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r.keys() for r in rows][0] == {"ImageId", "EncodedPixels"}
+    assert next(r.keys() for r in rows) == {"ImageId", "EncodedPixels"}
     manifest = json.loads((out / "phantoms.json").read_text())
     by_id = {rec["image_id"]: rec for rec in manifest["images"]}
     assert len(rows) == 4 and {r["ImageId"] for r in rows} == set(by_id)

@@ -18,7 +18,9 @@ def test_square_image_fills_the_input() -> None:
     pixels = np.full((512, 512), 0.75, dtype=np.float32)
     out = preprocess(pixels, 256)
     assert out.image.shape == (1, 256, 256) and out.image.dtype == np.float32
-    np.testing.assert_allclose(out.image, (0.75 - NORMALISATION_MEAN) / NORMALISATION_STD, atol=1e-6)
+    np.testing.assert_allclose(
+        out.image, (0.75 - NORMALISATION_MEAN) / NORMALISATION_STD, atol=1e-6
+    )
 
 
 def test_letterbox_pads_the_short_side_with_black() -> None:

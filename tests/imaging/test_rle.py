@@ -46,7 +46,6 @@ def masks(draw: st.DrawFn) -> npt.NDArray[np.bool_]:
     columns = draw(st.integers(1, 24))
     kind = draw(st.sampled_from(["random", "empty", "full", "pixel", "tail", "head", "sparse"]))
     mask = np.zeros((rows, columns), dtype=bool)
-    flat = mask.reshape(-1, order="F")  # a view only for 1-row/1-column; write via ravel
     n = rows * columns
     if kind == "random":
         bits = draw(st.lists(st.booleans(), min_size=n, max_size=n))
