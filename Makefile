@@ -27,6 +27,7 @@ test-all: install  ## run every test, slow ones included (gpu tests skip without
 
 bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prints tables)
 	$(RUN) python -m benchmarks.bench_decode --out benchmarks/results/decode.json
+	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json
 
 lint: install  ## ruff + mypy (strict on imaging/ and service/)
 	$(RUN) ruff check .
@@ -39,8 +40,8 @@ contact-sheet: install  ## redraw docs/contact_sheet.png from phantoms
 serve: install  ## build demo models if missing and serve on $(HOST):$(PORT)
 	@echo "make serve: the inference service (issue #4) and demo models (issue #3) are not built yet" >&2; exit 1
 
-models: install  ## build the demo models and models/manifest.json
-	@echo "make models: the training module (issue #3) is not built yet" >&2; exit 1
+models: install  ## build the demo models (compact DenseNet on phantoms, 256/512/1024) and models/manifest.json
+	$(RUN) python -m training.demo --models-dir models --summary models/demo-summary.json
 
 openapi: install  ## regenerate openapi/openapi.json from the app
 	@echo "make openapi: the service (issue #4) is not built yet" >&2; exit 1

@@ -94,6 +94,31 @@ def _add_phantoms(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(handler=run_phantoms)
 
 
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from training.cli import add_train_arguments, run_train
+
+    p = sub.add_parser(
+        "train",
+        help="train one model at one resolution (the published protocol by default)",
+        description="Train a pneumothorax classifier; writes OUT_DIR/best.pt and last.pt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_train_arguments(p)
+    p.set_defaults(handler=run_train)
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from training.cli import add_export_arguments, run_export
+
+    p = sub.add_parser(
+        "export",
+        help="write ONNX (and a TensorRT plan where available) and update the manifest",
+        description="Export a checkpoint for serving and record it in OUT/manifest.json.",
+    )
+    add_export_arguments(p)
+    p.set_defaults(handler=run_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharpcxr", description="Resolution-aware chest X-ray AI (see README.md)."
@@ -102,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_phantoms(sub)
     _add_inspect(sub)
+    _add_train(sub)
+    _add_export(sub)
     return parser
 
 

@@ -1,0 +1,538 @@
+"""Benchmark: what each resolution costs to train and to serve on CPU.
+
+Two sections, each with its ratios measured against a baseline in the same run (these
+machines are shared and noisy, so ratios travel better than absolute numbers):
+
+1. **Training step** (forward + BCE loss + backward + AdamW step, protocol learning rate
+   and weight decay, random inputs and labels) for DenseNet-121 and the ``compact`` demo
+   model at each resolution, gradient checkpointing off and on. Batches are smaller than
+   the protocol's (a full batch at 1024 px takes about a minute on a 2-core CPU); the batch
+   used and the protocol's batch are both recorded. Reported: median step time, images/s
+   (``batch / median step``) and peak memory; ratio checkpointing on / off.
+
+   Peak memory: every case runs in a fresh subprocess so peaks cannot carry over from an
+   earlier case; ``tracemalloc`` does not see torch's allocations, so the peak is the
+   process high-water mark ``getrusage(RUSAGE_SELF).ru_maxrss`` minus the resident set
+   (``/proc/self/statm``) measured after the model, optimiser and batch are built, i.e.
+   what the training steps add: activations kept for backward, gradients, AdamW moments.
+   The warm-up step is excluded from the timings but not from the peak (it allocates the
+   AdamW moments, which every later step keeps).
+
+2. **Inference latency** of the exported DenseNet-121 (untrained weights) in ONNX Runtime
+   (CPUExecutionProvider, intra-op threads = torch threads, graph optimisation ALL, ``logit`` and
+   ``cam`` both fetched) against the torch eager ``forward_with_cam`` of the same model on
+   the same input and thread count: median and p90 over a time budget after warm-up, and
+   the ratio ORT / torch.
+
+Threads: torch and ONNX Runtime both use ``--threads`` (default: the cores this process
+may use). Run on a quiet machine: OpenMP threads that share their cores with other work
+stall at every barrier (the load average is recorded for that reason).
+
+    uv run python -m benchmarks.bench_training --out benchmarks/results/training.json
+    uv run python -m benchmarks.bench_training --quick  # smoke: 64 px, seconds per case
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.architectures import build_model
+from training.config import TrainConfig, default_batch_size
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+# onnxruntime and the exporter (onnx, onnxscript) are imported where used: the training
+# subprocesses then start faster and their memory baseline holds torch only.
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULT_MARKER = "BENCH_RESULT "  # prefix of the one stdout line a training subprocess returns
+CASE_TIMEOUT_S = 1800  # one training case; a case past it is recorded as failed, not fatal
+
+TRAIN_ARCHITECTURES = ("densenet121", "compact")
+TRAIN_RESOLUTIONS = (64, 128, 256, 512, 1024)
+#: CPU batch per resolution: about the same pixels per step from 256 px up
+TRAIN_BATCH = {64: 16, 128: 16, 256: 8, 512: 4, 1024: 2}
+INFER_ARCHITECTURE = "densenet121"
+INFER_RESOLUTIONS = (256, 512, 1024)
+INFER_BATCHES = (1, 8)
+
+QUICK_TRAIN_RESOLUTIONS = (64,)
+QUICK_TRAIN_BATCH = 2
+QUICK_INFER_RESOLUTIONS = (64,)
+QUICK_INFER_BATCHES = (1, 2)
+
+MAX_TRAIN_STEPS = 50
+MAX_INFER_REPS = 200
+
+
+# ---- machine ---------------------------------------------------------------------------
+
+
+def cores() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    return len(os.sched_getaffinity(0))
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {
+        "cores": cores(),
+        # OpenMP threads that share cores with other processes wait on each other at every
+        # op's barrier (measured here: DenseNet-121 at 64 px, 23 ms on 1 thread, 3.7 s on
+        # 2 threads with a load of 3 on 2 cores), so the load says whether to trust a run.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_default_threads": torch.get_num_threads(),
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# ---- memory ----------------------------------------------------------------------------
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux ``/proc/self/statm``; else the high-water mark)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_bytes()
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The process's resident high-water mark (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
+
+
+def _mib(n_bytes: float) -> float:
+    return round(n_bytes / 2**20, 1)
+
+
+# ---- section 1: training steps ---------------------------------------------------------
+
+
+def timed_loop(
+    fn: Callable[[], object], budget_s: float, min_reps: int, max_reps: int
+) -> list[float]:
+    """Seconds per call of ``fn``: at least ``min_reps`` calls, more while within budget."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < min_reps or (time.perf_counter() < deadline and len(samples) < max_reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def train_case(
+    architecture: str,
+    resolution: int,
+    batch: int,
+    checkpointing: bool,
+    budget_s: float,
+    min_steps: int = 2,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time optimiser steps of one configuration in *this* process; returns its row.
+
+    Meant to run in a fresh process (see :func:`run_train_case`): the peak is this
+    process's high-water mark.
+    """
+    torch.set_num_threads(threads or cores())
+    torch.manual_seed(seed)
+    protocol = TrainConfig()
+    model = build_model(architecture, "standard", num_classes=1)
+    model.set_gradient_checkpointing(checkpointing)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay
+    )
+    loss_fn = nn.BCEWithLogitsLoss()
+    images = torch.randn(batch, 1, resolution, resolution)
+    labels = torch.randint(0, 2, (batch, 1)).float()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    gc.collect()
+    baseline = current_rss_bytes()
+    step()  # warm-up: oneDNN primitive creation, AdamW state, first-touch page faults
+    samples = timed_loop(step, budget_s, min_steps, MAX_TRAIN_STEPS)
+    peak = peak_rss_bytes()
+    median_s = statistics.median(samples)
+    return {
+        "architecture": architecture,
+        "resolution": resolution,
+        "batch": batch,
+        "protocol_batch": default_batch_size(resolution),
+        "checkpointing": checkpointing,
+        "steps": len(samples),
+        "step_s_median": round(median_s, 3),
+        "step_s_p90": round(float(np.percentile(samples, 90)), 3),
+        "images_per_s": round(batch / median_s, 2),
+        "baseline_rss_mib": _mib(baseline),
+        "peak_rss_mib": _mib(peak),
+        "peak_over_baseline_mib": _mib(max(0, peak - baseline)),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_train_case(case: dict[str, Any], timeout_s: float = CASE_TIMEOUT_S) -> dict[str, Any]:
+    """Run :func:`train_case` in a fresh interpreter; a failure (OOM kill, timeout) is a row."""
+    command = [sys.executable, "-m", "benchmarks.bench_training", "--train-case", json.dumps(case)]
+    failed = {key: case[key] for key in ("architecture", "resolution", "batch", "checkpointing")}
+    try:
+        proc = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {**failed, "error": f"timed out after {timeout_s:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return dict(json.loads(line.removeprefix(RESULT_MARKER)))
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**failed, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def train_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checkpointing on / off for each (architecture, resolution) measured both ways."""
+    by_key = {
+        (r["architecture"], r["resolution"], r["checkpointing"]): r
+        for r in rows
+        if "error" not in r
+    }
+    ratios: list[dict[str, Any]] = []
+    for (arch, res, ckpt), on in by_key.items():
+        off = by_key.get((arch, res, False))
+        if not ckpt or off is None:
+            continue
+        memory_off = off["peak_over_baseline_mib"]
+        ratios.append(
+            {
+                "architecture": arch,
+                "resolution": res,
+                "throughput_on_over_off": round(on["images_per_s"] / off["images_per_s"], 2),
+                "memory_on_over_off": round(on["peak_over_baseline_mib"] / memory_off, 2)
+                if memory_off
+                else None,
+            }
+        )
+    return ratios
+
+
+def run_training(
+    architectures: Sequence[str],
+    resolutions: Sequence[int],
+    batch_for: Callable[[int], int],
+    budget_s: float,
+    min_steps: int,
+    threads: int,
+) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for arch in architectures:
+        for res in resolutions:
+            for ckpt in (False, True):
+                case = {
+                    "architecture": arch,
+                    "resolution": res,
+                    "batch": batch_for(res),
+                    "checkpointing": ckpt,
+                    "budget_s": budget_s,
+                    "min_steps": min_steps,
+                    "threads": threads,
+                }
+                row = run_train_case(case)
+                rows.append(row)
+                print(_train_row(row), flush=True)
+    return {"results": rows, "ratios": train_ratios(rows)}
+
+
+# ---- section 2: inference latency -----------------------------------------------------
+
+
+def ort_session(path: Path, threads: int) -> ort.InferenceSession:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1  # one sequential graph: parallelism is inside the ops
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _latency(samples: Sequence[float]) -> dict[str, Any]:
+    return {
+        "median_ms": round(statistics.median(samples) * 1e3, 2),
+        "p90_ms": round(float(np.percentile(samples, 90)) * 1e3, 2),
+        "reps": len(samples),
+    }
+
+
+def infer_case(
+    session: ort.InferenceSession,
+    model: nn.Module,
+    resolution: int,
+    batch: int,
+    budget_s: float,
+    min_reps: int,
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """ORT and torch eager latency of one batch size on the same input."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((batch, 1, resolution, resolution), dtype=np.float32)
+    tensor = torch.from_numpy(image)
+    feeds = {"image": image}
+    outputs = ["logit", "cam"]
+
+    def run_ort() -> list[Any]:
+        return session.run(outputs, feeds)
+
+    def run_torch() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return model.forward_with_cam(tensor, 0)  # type: ignore[operator]
+
+    for _ in range(warmup):  # ORT allocates its arena and oneDNN builds primitives here
+        ort_logit, ort_cam = run_ort()
+        torch_logit, torch_cam = run_torch()
+    ort_stats = _latency(timed_loop(run_ort, budget_s, min_reps, MAX_INFER_REPS))
+    torch_stats = _latency(timed_loop(run_torch, budget_s, min_reps, MAX_INFER_REPS))
+    return {
+        "architecture": INFER_ARCHITECTURE,
+        "resolution": resolution,
+        "batch": batch,
+        "ort": ort_stats,
+        "torch": torch_stats,
+        "ort_over_torch": round(ort_stats["median_ms"] / torch_stats["median_ms"], 3),
+        # a sanity check that both sides computed the same thing
+        "max_abs_diff_logit": float(np.abs(ort_logit - torch_logit.numpy()).max()),
+        "max_abs_diff_cam": float(np.abs(ort_cam - torch_cam.numpy()).max()),
+    }
+
+
+def run_inference(
+    architecture: str,
+    resolutions: Sequence[int],
+    batches: Sequence[int],
+    budget_s: float,
+    min_reps: int,
+    threads: int,
+) -> dict[str, Any]:
+    from training.export import export_onnx
+
+    torch.set_num_threads(threads)  # same thread count on both sides of the ratio
+    torch.manual_seed(0)
+    model = build_model(architecture, "standard", num_classes=1).eval()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
+        for res in resolutions:
+            start = time.perf_counter()
+            with warnings.catch_warnings():  # the exporter's own deprecation noise
+                warnings.simplefilter("ignore", FutureWarning)
+                path = export_onnx(model, res, Path(tmp) / f"{architecture}_{res}.onnx")
+            export_s = round(time.perf_counter() - start, 1)
+            session = ort_session(path, threads)
+            for batch in batches:
+                row = infer_case(session, model, res, batch, budget_s, min_reps)
+                row["export_s"] = export_s
+                rows.append(row)
+                print(_infer_row(row), flush=True)
+            del session
+    return {
+        "architecture": architecture,
+        "provider": "CPUExecutionProvider",
+        "intra_op_threads": threads,
+        "torch_threads": threads,
+        "graph_optimization": "ORT_ENABLE_ALL",
+        "outputs_fetched": ["logit", "cam"],
+        "results": rows,
+    }
+
+
+# ---- report ----------------------------------------------------------------------------
+
+
+def _train_row(r: dict[str, Any]) -> str:
+    ckpt = "on" if r["checkpointing"] else "off"
+    if "error" in r:
+        return f"| {r['architecture']} | {r['resolution']} | {r['batch']} | {ckpt} | {r['error']} |"
+    return (
+        f"| {r['architecture']} | {r['resolution']} | {r['batch']} | {ckpt} | {r['steps']} | "
+        f"{r['step_s_median']} | {r['images_per_s']} | {r['peak_over_baseline_mib']} | "
+        f"{r['peak_rss_mib']} |"
+    )
+
+
+def _ratio_row(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['architecture']} | {r['resolution']} | {r['throughput_on_over_off']} | "
+        f"{r['memory_on_over_off']} |"
+    )
+
+
+def _infer_row(r: dict[str, Any]) -> str:
+    o, t = r["ort"], r["torch"]
+    return (
+        f"| {r['resolution']} | {r['batch']} | {o['median_ms']} | {o['p90_ms']} | "
+        f"{t['median_ms']} | {t['p90_ms']} | {r['ort_over_torch']} | "
+        f"{r['max_abs_diff_logit']:.1e} |"
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"Command: `{report['command']}`", ""]
+    m = report["machine"]
+    lines += [
+        f"Machine: {m['cores']} cores, {report['threads']} threads used, load average "
+        f"{m['load_average_1_5_15']}, {m['platform']}, torch {m['torch']}, "
+        f"onnxruntime {m['onnxruntime']}",
+        "",
+    ]
+    if "training" in report:
+        lines += [
+            "### Training step (forward + BCE + backward + AdamW), CPU",
+            "",
+            "| model | R | batch | checkpointing | steps | median step s | images/s "
+            "| peak over baseline MiB | peak RSS MiB |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+            *(_train_row(r) for r in report["training"]["results"]),
+            "",
+            "### Gradient checkpointing on / off",
+            "",
+            "| model | R | images/s on/off | peak memory on/off |",
+            "|---|---:|---:|---:|",
+            *(_ratio_row(r) for r in report["training"]["ratios"]),
+            "",
+        ]
+    if "inference" in report:
+        inf = report["inference"]
+        lines += [
+            f"### Inference latency, {inf['architecture']}: ONNX Runtime CPU vs torch eager "
+            f"({inf['intra_op_threads']} threads)",
+            "",
+            "| R | batch | ORT median ms | ORT p90 ms | torch median ms | torch p90 ms "
+            "| ORT/torch | max abs diff logit |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *(_infer_row(r) for r in inf["results"]),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    threads = args.threads or cores()
+    if args.quick:
+        train_res, infer_res, batches = (
+            QUICK_TRAIN_RESOLUTIONS,
+            QUICK_INFER_RESOLUTIONS,
+            QUICK_INFER_BATCHES,
+        )
+
+        def batch_for(_res: int) -> int:
+            return QUICK_TRAIN_BATCH
+    else:
+        train_res, infer_res, batches = TRAIN_RESOLUTIONS, INFER_RESOLUTIONS, INFER_BATCHES
+
+        def batch_for(res: int) -> int:
+            return TRAIN_BATCH[res]
+
+    report: dict[str, Any] = {
+        "benchmark": "training step and ONNX Runtime inference cost per resolution, CPU",
+        "command": "uv run python -m benchmarks.bench_training " + shlex.join(argv),
+        "machine": machine_info(),
+        "quick": args.quick,
+        "budget_s": args.budget_s,
+        "threads": threads,
+        "memory_method": "fresh subprocess per training case; ru_maxrss minus the RSS "
+        "(/proc/self/statm) after building model, optimiser and batch",
+    }
+    if args.section in ("all", "training"):
+        print("| model | R | batch | ckpt | steps | step s | images/s | peak+ MiB | peak MiB |")
+        report["training"] = run_training(
+            TRAIN_ARCHITECTURES, train_res, batch_for, args.budget_s, args.min_steps, threads
+        )
+    if args.section in ("all", "inference"):
+        print("| R | batch | ORT ms | ORT p90 | torch ms | torch p90 | ORT/torch | diff |")
+        report["inference"] = run_inference(
+            INFER_ARCHITECTURE, infer_res, batches, args.budget_s, args.min_reps, threads
+        )
+    return report
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (.md beside it); default benchmarks/results/training.json, "
+        "or training_quick.json with --quick so a smoke run never overwrites real results",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="seconds per case (default 20; 0.5 quick)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and ORT intra-op threads (default: cores)"
+    )
+    parser.add_argument("--min-steps", type=int, default=2, help="measured training steps")
+    parser.add_argument("--min-reps", type=int, default=3, help="measured inference runs")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--section", choices=("all", "training", "inference"), default="all")
+    parser.add_argument("--train-case", help=argparse.SUPPRESS)  # internal: one subprocess case
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.train_case:
+        print(RESULT_MARKER + json.dumps(train_case(**json.loads(args.train_case))), flush=True)
+        return
+    if args.out is None:
+        name = "training_quick.json" if args.quick else "training.json"
+        args.out = REPO_ROOT / "benchmarks" / "results" / name
+    if args.budget_s is None:
+        args.budget_s = 0.5 if args.quick else 20.0
+    report = run(args, argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report) + "\n")
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

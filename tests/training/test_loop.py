@@ -1,0 +1,168 @@
+"""The training loop end to end on tiny phantom sets: train, resume, evaluate, export, HPO."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from imaging.phantoms import write_phantom_dataset
+from training.config import TrainConfig, default_batch_size
+from training.loop import load_checkpoint, train
+from training.publish import evaluate_checkpoint, publish
+
+
+@pytest.fixture(scope="module")
+def phantom_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("phantoms")
+    roots = {}
+    for name, site, seed in (("train", "a", 0), ("test-b", "b", 1)):
+        write_phantom_dataset(root / name, 12, site=site, size=128, seed=seed)
+        roots[name] = root / name
+    return roots
+
+
+def tiny_config(roots: dict[str, Path], out: Path, **overrides: object) -> TrainConfig:
+    base = TrainConfig(
+        dataset="phantoms", data_root=str(roots["train"]), resolution=64,
+        architecture="compact", batch_size=4, max_epochs=2, num_workers=0,
+        out_dir=str(out), cache_dir=str(out.parent / "cache"), progress=False,
+        holdout_fraction=0.34, augment_strength=0.5,
+    )  # fmt: skip
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def test_protocol_defaults() -> None:
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.lr_factor, cfg.lr_patience) == (3e-4, 1e-4, 0.1, 2)
+    assert cfg.early_stop_patience == 10
+    assert [default_batch_size(r) for r in (64, 256, 512, 1024)] == [64, 16, 16, 12]
+    assert TrainConfig(resolution=1024).checkpointing_enabled()
+    assert not TrainConfig(resolution=512).checkpointing_enabled()
+    with pytest.raises(ValueError, match="dataset"):
+        TrainConfig(dataset="mnist").validate()
+
+
+def test_train_resume_evaluate_export(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(phantom_roots, tmp_path / "run")
+    result = train(cfg)
+    assert result.epochs_run == 2 and result.best_checkpoint.exists()
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 1 and last["train_config"]["resolution"] == 64
+    assert len(last["history"]) == 2
+
+    # Resume: max_epochs 3 continues from epoch 2, not from scratch.
+    resumed = train(dataclasses.replace(cfg, max_epochs=3))
+    assert resumed.epochs_run == 1
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
+
+    metrics = evaluate_checkpoint(result.best_checkpoint, {"site_b": str(phantom_roots["test-b"])})
+    assert metrics["site_b"]["n"] == 12 and 0.0 <= metrics["site_b"]["auroc"] <= 1.0
+
+    models = tmp_path / "models"
+    entry = publish(result.best_checkpoint, models, name="tiny", tensorrt="off")
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert manifest["models"][0]["name"] == "tiny" and manifest["models"][0]["resolution"] == 64
+    assert "synthetic" in entry["intended_use"].lower()
+    assert "site_b" in entry["metrics"]
+    session = ort.InferenceSession(str(models / entry["files"]["onnx"]["path"]),
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((3, 1, 64, 64)).astype(np.float32)
+    logit, cam = session.run(["logit", "cam"], {"image": x})
+    assert logit.shape == (3, 1) and cam.shape == (3, 2, 2)
+    weights = torch.load(models / entry["files"]["pt"]["path"], weights_only=False)
+    assert weights["model_config"]["resolution"] == 64
+
+
+def test_cli_train_and_export(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli-run"
+    cmd = [sys.executable, "-m", "sharpcxr.cli", "train", "--dataset", "phantoms",
+           "--data-root", str(phantom_roots["train"]), "--resolution", "64",
+           "--architecture", "compact", "--batch-size", "4", "--max-epochs", "1",
+           "--num-workers", "0", "--out-dir", str(out), "--no-progress",
+           "--cache-dir", str(tmp_path / "cache"), "--holdout-fraction", "0.34",
+           "--test", f"b={phantom_roots['test-b']}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["epochs_run"] == 1 and "b" in summary["test"]
+    # A relative --out, as `make models` uses, resolved against the working directory.
+    exported = subprocess.run(
+        [sys.executable, "-m", "sharpcxr.cli", "export", summary["best_checkpoint"],
+         "--out", "models", "--tensorrt", "off"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (tmp_path / "models" / "manifest.json").exists()
+    bad = subprocess.run([sys.executable, "-m", "sharpcxr.cli", "train", "--dataset", "mnist"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "dataset must be one of" in bad.stderr
+
+
+def test_hpo_search_with_shared_sqlite_storage(
+    phantom_roots: dict[str, Path], tmp_path: Path
+) -> None:
+    from training.hpo import best_summary, run_search
+
+    cfg = tiny_config(phantom_roots, tmp_path / "hpo", max_epochs=1)
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    run_search(cfg, 2, storage=storage, study_name="t")
+    study = run_search(cfg, 1, storage=storage, study_name="t")  # a second worker joins
+    summary = best_summary(study)
+    assert summary["trials"] == 3 and summary["best"] is not None
+    assert set(summary["best"]["params"]) == {"lr", "weight_decay", "augment_strength"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_distributed_data_parallel_on_cpu(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
+    """Two processes under torchrun (gloo backend) train one model together."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={free_port()}", "-m", "sharpcxr.cli", "train", "--dataset", "phantoms",
+           "--data-root", str(phantom_roots["train"]), "--resolution", "64",
+           "--architecture", "compact", "--batch-size", "2", "--max-epochs", "1",
+           "--num-workers", "0", "--out-dir", str(out), "--no-progress",
+           "--cache-dir", str(tmp_path / "cache"), "--holdout-fraction", "0.34"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "best.pt").exists()
+
+
+def test_time_budget_stops_mid_epoch(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(phantom_roots, tmp_path / "budget", max_epochs=5, time_budget_s=0.0)
+    result = train(cfg)
+    # One training step, then the budget is spent: validate, checkpoint, stop.
+    assert result.stopped_because == "time_budget" and result.epochs_run == 1
+    assert len(load_checkpoint(tmp_path / "budget" / "last.pt")["history"]) == 1
+
+
+def test_model_card_lists_every_model() -> None:
+    from training.model_card import model_card
+
+    manifest = {"models": [
+        {"name": "m", "resolution": r, "architecture": "compact", "downsample": "standard",
+         "threshold": 0.5, "intended_use": "Synthetic demo, not for clinical use",
+         "metrics": {"validation": {"auroc": 0.7}, "test_site_a": {"auroc": 0.8, "n": 10},
+                     "test_site_b": {"auroc": None, "n": 10}},
+         "training": {"data": "data/x", "config": {"init_from": None}}}
+        for r in (256, 512)
+    ]}  # fmt: skip
+    card = model_card(manifest)
+    assert card.count("| m |") == 2 and "0.800 (10)" in card and "n/a (10)" in card
+    assert "not for clinical use" in card
