@@ -1,6 +1,6 @@
 """The model card of what ``models/manifest.json`` holds, as a markdown table.
 
-    uv run python -m training.model_card models/manifest.json
+uv run python -m training.model_card models/manifest.json
 """
 
 from __future__ import annotations
