@@ -27,7 +27,7 @@ test-all: install  ## run every test, slow ones included (gpu tests skip without
 
 bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prints tables)
 	$(RUN) python -m benchmarks.bench_decode --out benchmarks/results/decode.json
-	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json
+	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json --budget-s 6
 
 lint: install  ## ruff + mypy (strict on imaging/ and service/)
 	$(RUN) ruff check .

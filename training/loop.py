@@ -213,11 +213,12 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
         return cfg.time_budget_s is not None and time.monotonic() - started > cfg.time_budget_s
 
     stopped = "max_epochs"
-    epoch = start_epoch - 1
+    epochs_run = 0
     for epoch in range(start_epoch, cfg.max_epochs):
         if bad_epochs >= cfg.early_stop_patience:
             stopped = "early_stop"
             break
+        epochs_run += 1
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         net.train()
@@ -314,7 +315,7 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
         best_val_auroc=best_auroc,
         best_epoch=best_epoch,
         threshold=threshold,
-        epochs_run=epoch + 1 - start_epoch,
+        epochs_run=epochs_run,
         stopped_because=stopped,
         history=history,
     )

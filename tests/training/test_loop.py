@@ -166,3 +166,13 @@ def test_model_card_lists_every_model() -> None:
     card = model_card(manifest)
     assert card.count("| m |") == 2 and "0.800 (10)" in card and "n/a (10)" in card
     assert "not for clinical use" in card
+
+
+def test_early_stop_after_patience_epochs_without_improvement(
+    phantom_roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # No training steps: the validation loss cannot improve after the first epoch.
+    cfg = tiny_config(phantom_roots, tmp_path / "early", max_epochs=6, early_stop_patience=2,
+                      max_train_batches=0, augment_strength=0.0)  # fmt: skip
+    result = train(cfg)
+    assert result.stopped_because == "early_stop" and result.epochs_run == 3
