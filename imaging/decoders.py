@@ -113,8 +113,9 @@ def decode_pixels(
     plugin can decode the data.
     """
     tsyntax = facts.transfer_syntax_uid
-    candidates = [plugin] if plugin else plugin_order(tsyntax)
-    if plugin and plugin not in plugin_order(tsyntax):
+    installed = plugin_order(tsyntax)
+    candidates = [plugin] if plugin else installed
+    if plugin and plugin not in installed:
         raise UnsupportedTransferSyntaxError(
             f"decoder plugin {plugin!r} is not installed for {facts.transfer_syntax_name}"
         )

@@ -140,9 +140,13 @@ class LetterboxGeometry:
         ``INTER_NEAREST_EXACT`` rounds differently on some pixels.)
         """
         self._check_model_shape(mask)
+        return self._take_nearest(np.asarray(mask, dtype=bool))
+
+    def _take_nearest(self, model_grid: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """``(R, R)`` -> ``(rows, columns)``: each original pixel takes the model pixel
+        containing its centre (two ``np.take`` passes: rows, then columns)."""
         iy, ix = self._nearest_indices()
-        m = np.asarray(mask, dtype=bool)
-        return np.take(np.take(m, iy, axis=0), ix, axis=1)
+        return np.take(np.take(model_grid, iy, axis=0), ix, axis=1)
 
     def mask_to_model(self, mask: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
         """Map a binary mask on the original grid to the model grid ``(R, R)``.
@@ -181,11 +185,7 @@ class LetterboxGeometry:
             raise ValueError(f"interpolation must be 'linear' or 'nearest', not {interpolation!r}")
         if g.shape[0] == self.resolution:
             if interpolation == "nearest":
-                return np.take(
-                    np.take(g, self._nearest_indices()[0], axis=0),
-                    self._nearest_indices()[1],
-                    axis=1,
-                )
+                return self._take_nearest(g)
             # The content region covers exactly the original image and cv2.resize samples
             # pixel centres ((i + 0.5) * scale), so this is the exact inverse map.
             content = np.ascontiguousarray(self._content(g))

@@ -18,6 +18,16 @@ FAKE_MONO1_FILE = REAL_DICOM_DIR / "Fake_MONOHR1.dcm"
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
+def pydicom_file(name: str) -> bytes:
+    """Bytes of a test file shipped with pydicom or pydicom-data."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    assert path is not None, f"{name} missing: is pydicom-data installed?"
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 def build_dataset(
     pixels: np.ndarray[Any, Any] | None,
     *,

@@ -9,13 +9,7 @@ from pydicom.data import get_testdata_file
 
 from imaging.decoders import plugin_order
 from imaging.dicom import read_dicom, read_header
-
-
-def pydicom_file(name: str) -> bytes:
-    path = get_testdata_file(name)
-    assert path is not None, f"{name} missing: is pydicom-data installed?"
-    with open(path, "rb") as fh:
-        return fh.read()
+from tests.conftest import pydicom_file
 
 
 def test_siim_file_decodes_with_header_facts(siim_bytes: bytes) -> None:

@@ -8,7 +8,6 @@ import tracemalloc
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
@@ -25,14 +24,7 @@ from imaging.errors import (
     UnsupportedImageError,
     UnsupportedTransferSyntaxError,
 )
-from tests.conftest import build_dataset, make_dicom, to_bytes
-
-
-def pydicom_file(name: str) -> bytes:
-    path = get_testdata_file(name)
-    assert path is not None
-    with open(path, "rb") as fh:
-        return fh.read()
+from tests.conftest import build_dataset, make_dicom, pydicom_file, to_bytes
 
 
 def png_bytes() -> bytes:
