@@ -28,6 +28,7 @@ test-all: install  ## run every test, slow ones included (gpu tests skip without
 bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prints tables)
 	$(RUN) python -m benchmarks.bench_decode --out benchmarks/results/decode.json
 	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json --budget-s 6
+	$(RUN) python -m benchmarks.bench_service --out benchmarks/results/service.json
 
 lint: install  ## ruff + mypy (strict on imaging/ and service/)
 	$(RUN) ruff check .
@@ -38,13 +39,15 @@ contact-sheet: install  ## redraw docs/contact_sheet.png from phantoms
 	$(RUN) python -m imaging.phantoms.contact_sheet docs/contact_sheet.png
 
 serve: install  ## build demo models if missing and serve on $(HOST):$(PORT)
-	@echo "make serve: the inference service (issue #4) and demo models (issue #3) are not built yet" >&2; exit 1
+	@test -f $${SHARPCXR_MODELS_DIR:-models}/manifest.json || $(MAKE) models
+	@echo "sharpcxr: serving on http://$(HOST):$(PORT)  (docs http://$(HOST):$(PORT)/docs, metrics http://$(HOST):$(PORT)/metrics)"
+	$(RUN) sharpcxr serve --host $(HOST) --port $(PORT)
 
 models: install  ## build the demo models (compact DenseNet on phantoms, 256/512/1024) and models/manifest.json
 	$(RUN) python -m training.demo --models-dir models --summary models/demo-summary.json
 
 openapi: install  ## regenerate openapi/openapi.json from the app
-	@echo "make openapi: the service (issue #4) is not built yet" >&2; exit 1
+	$(RUN) python -m service.openapi openapi/openapi.json
 
 study: install  ## run the CPU resolution study
 	@echo "make study: the resolution study (issue #5) is not built yet" >&2; exit 1

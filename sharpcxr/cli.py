@@ -119,6 +119,23 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(handler=run_export)
 
 
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the inference service (settings from SHARPCXR_* environment variables)",
+        description="Serve the models of SHARPCXR_MODELS_DIR (default models/) over HTTP.",
+    )
+    p.add_argument("--host", default=None, help="bind address (default SHARPCXR_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default SHARPCXR_PORT, 8000)")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    return serve(host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharpcxr", description="Resolution-aware chest X-ray AI (see README.md)."
@@ -129,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_serve(sub)
     return parser
 
 

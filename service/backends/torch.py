@@ -1,0 +1,130 @@
+"""Torch backend: the reference. Eager model from the ``.pt`` checkpoint, saliency from
+pytorch-grad-cam.
+
+Every method is pytorch-grad-cam's own class on the model's target layer
+(``features.relu5``, the last feature map after its ReLU) with ``ClassifierOutputTarget(0)``
+(the pneumothorax logit), evaluated at the feature grid ``R/32`` rather than resized to
+the input: the resize and everything after it (normalisation, mapping to the original
+image, mask, boxes) is the shared :mod:`imaging` code, as for the ONNX backend's in-graph
+CAM. So ``gradcam`` here and the ONNX ``cam`` differ only by float rounding, and the other
+methods can be compared with it on equal terms.
+
+Methods that run one forward pass per channel (ScoreCAM, AblationCAM) are left out: at
+1024 px on DenseNet-121 that is a thousand forward passes per request.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from service.backends.base import (
+    DEFAULT_METHOD,
+    Backend,
+    FloatArray,
+    InferenceOutput,
+    check_batch,
+    split_outputs,
+)
+from service.errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+#: ``method=`` value -> pytorch-grad-cam class.
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "gradcamelementwise": GradCAMElementWise,
+}
+
+
+def _at_grid(cam_class: type[BaseCAM], grid: int) -> BaseCAM:
+    """A subclass of ``cam_class`` whose "target size" is the CAM grid itself.
+
+    ``BaseCAM.compute_cam_per_layer`` ends with ``scale_cam_image(cam, target_size)``
+    (ReLU'd, min-max normalised, resized); a target size equal to the grid keeps the
+    normalisation and skips the resize.
+    """
+
+    def target_size(self: BaseCAM, input_tensor: torch.Tensor) -> tuple[int, int]:
+        return grid, grid
+
+    return type(f"Grid{cam_class.__name__}", (cam_class,), {"get_target_width_height": target_size})
+
+
+class TorchBackend(Backend):
+    """A :class:`training.architectures.CXRClassifier` rebuilt from a checkpoint."""
+
+    methods = tuple(METHODS)
+
+    def __init__(
+        self,
+        checkpoint_path: Path,
+        resolution: int,
+        *,
+        device: str = "cpu",
+        intra_op_threads: int = 1,
+    ) -> None:
+        # Imported here: the ONNX Runtime path of the service needs no training code.
+        from training.loop import load_checkpoint, model_from_checkpoint
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "SHARPCXR_DEVICE=cuda but torch sees no CUDA device; set SHARPCXR_DEVICE=cpu"
+            )
+        torch.set_num_threads(intra_op_threads)
+        try:
+            state = load_checkpoint(checkpoint_path)
+            model = model_from_checkpoint(state)
+        except Exception as exc:
+            raise ModelFileError(
+                f"could not rebuild the model from {checkpoint_path.name}: {exc}"
+            ) from exc
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.resolution = resolution
+        self.grid = resolution // 32
+        self.name = f"torch:{self.device.type}"
+        self._classes = {name: _at_grid(cls, self.grid) for name, cls in METHODS.items()}
+
+    def infer(self, images: FloatArray, method: str = DEFAULT_METHOD) -> InferenceOutput:
+        self.check_method(method)
+        batch = torch.from_numpy(check_batch(images, self.resolution)).to(self.device)
+        targets: list[Any] = [ClassifierOutputTarget(0)] * len(batch)
+        # The context manager removes the hooks it registered on the target layer.
+        with self._classes[method](self.model, target_layers=[self.model.target_layer]) as cam:
+            cams = np.asarray(cam(input_tensor=batch, targets=targets), dtype=np.float32)
+            logits = cam.outputs.detach().float().cpu().numpy()
+        self.model.zero_grad(set_to_none=True)
+        return split_outputs(logits, cams, len(batch))
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["saliency_library"] = "pytorch-grad-cam"
+        return info
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,72 @@
+"""The routes' dependencies, as ``Annotated`` types: settings, the running service, auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import NotReadyError, UnauthorizedError
+from service.pipeline import Predictor
+from service.registry import Registry
+from service.runtime import ServiceRuntime
+from service.settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
+
+
+def get_predictor(runtime: RuntimeDep) -> Predictor:
+    if not runtime.ready or runtime.predictor is None:
+        raise NotReadyError(runtime.detail)
+    return runtime.predictor
+
+
+def get_registry(runtime: RuntimeDep) -> Registry:
+    if not runtime.ready or runtime.registry is None:
+        raise NotReadyError(runtime.detail)
+    return runtime.registry
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def presented_key(request: Request) -> bytes | None:
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, if any."""
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip().encode()
+    key = request.headers.get("x-api-key", "").strip()
+    return key.encode() if key else None
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """401 unless no keys are configured or the request presents one of them.
+
+    Every configured key is compared (``hmac.compare_digest``, constant time per key, no
+    early exit), so the response time does not tell which key came close.
+    """
+    keys = settings.api_key_bytes()
+    if not keys:
+        return
+    presented = presented_key(request)
+    if presented is None:
+        raise UnauthorizedError("this endpoint needs an API key")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if not matched:
+        raise UnauthorizedError("the API key is not valid")
+
+
+AuthDep = Annotated[None, Depends(require_api_key)]

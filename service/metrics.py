@@ -1,0 +1,76 @@
+"""Prometheus metrics of DESIGN's table, in a registry owned by each app instance.
+
+Labels carry only bounded, non-identifying values: endpoint templates, loaded
+resolutions (or ``"none"`` / ``"multi"``), HTTP status codes, stage names, error codes and
+model identity. Buckets span 1 ms to 30 s.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")
+
+
+class Metrics:
+    """Every series the service exports (``sharpcxr_*``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "sharpcxr_request_duration_seconds",
+            "Wall time of a request, upload to response",
+            ["endpoint", "resolution", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "sharpcxr_stage_duration_seconds",
+            "Wall time of one pipeline stage of one image",
+            ["stage", "resolution"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "sharpcxr_requests",
+            "Requests answered",
+            ["endpoint", "resolution", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "sharpcxr_errors",
+            "Error responses by stable error code",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "sharpcxr_batch_size",
+            "Images per inference batch",
+            ["resolution"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sharpcxr_queue_depth",
+            "Requests waiting for inference",
+            ["resolution"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "sharpcxr_model_info",
+            "Loaded model (value 1)",
+            ["resolution", "name", "version", "backend"],
+            registry=r,
+        )
+
+    def observe_stages(self, resolution: int, seconds: dict[str, float]) -> None:
+        label = str(resolution)
+        for stage, value in seconds.items():
+            if stage in STAGES:
+                self.stage_duration.labels(stage, label).observe(value)

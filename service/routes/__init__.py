@@ -1,0 +1,1 @@
+"""HTTP routes: thin functions over :mod:`service.pipeline` and the registry."""

@@ -1,0 +1,98 @@
+"""What a running service holds: registry, batchers, pools, predictor, readiness.
+
+:meth:`ServiceRuntime.start` loads and warms the models (refusing to start on a bad
+model file) and starts one batcher per resolution; only then is the runtime ready.
+:meth:`ServiceRuntime.stop` drains in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from service.batching import Batcher
+from service.metrics import Metrics
+from service.pipeline import Predictor
+from service.registry import Registry, load_registry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.registry: Registry | None = None
+        self.predictor: Predictor | None = None
+        self.batchers: dict[int, Batcher] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.inference_pools: list[ThreadPoolExecutor] = []
+        self.ready = False
+        self.detail = "models are still loading"
+
+    async def start(self) -> None:
+        s = self.settings
+        # Loading and warming is CPU work; keep the loop free for /healthz meanwhile.
+        registry = await asyncio.to_thread(load_registry, s)
+        self.registry = registry
+        self.pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="sharpcxr-cpu")
+        shared: Executor | None = None
+        if s.device == "cpu":
+            # One inference at a time across resolutions: each already uses
+            # intra_op_threads cores, and overlapping them only oversubscribes the CPU.
+            shared = self._inference_pool("sharpcxr-infer")
+        for model in registry:
+            executor = shared or self._inference_pool(f"sharpcxr-infer-{model.resolution}")
+            batcher = Batcher(
+                model.backend,
+                executor,
+                self.metrics,
+                max_batch_size=s.max_batch_size,
+                batch_timeout_s=s.batch_timeout_ms / 1000,
+                max_queue=s.max_queue,
+            )
+            batcher.start()
+            self.batchers[model.resolution] = batcher
+            self.metrics.queue_depth.labels(str(model.resolution)).set(0)
+            self.metrics.model_info.labels(
+                str(model.resolution), model.name, model.version, model.backend.name
+            ).set(1)
+        self.predictor = Predictor(
+            registry,
+            self.batchers,
+            self.pool,
+            self.metrics,
+            max_pixels=s.max_pixels,
+            heatmap_max_side=s.heatmap_max_side,
+            max_decode_backlog=s.max_queue + s.decode_workers,
+        )
+        self.ready = True
+        self.detail = "ready"
+        log.info(
+            "service ready",
+            extra={
+                "resolutions": registry.resolutions,
+                "backend": s.backend,
+                "models": [m.name for m in registry],
+            },
+        )
+
+    def _inference_pool(self, name: str) -> ThreadPoolExecutor:
+        pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.inference_pools.append(pool)
+        return pool
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.detail = "shutting down"
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self.batchers.clear()
+        for pool in self.inference_pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.registry is not None:
+            self.registry.close()

@@ -1,0 +1,138 @@
+"""Response models of the HTTP API (DESIGN.md "HTTP API (v1)"), separate from internal types.
+
+Coordinates of masks and boxes are in the original image's pixel grid (rows x columns of
+the DICOM, row 0 at the top), never the model's; box corners are inclusive pixel indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ModelBlock(BaseModel):
+    name: str
+    version: str
+    resolution: int
+    backend: str = Field(examples=["onnxruntime:CPUExecutionProvider"])
+    sha256: str = Field(description="sha256 of the model file that served the request")
+    architecture: str
+    intended_use: str
+
+
+class ImageBlock(BaseModel):
+    rows: int
+    columns: int
+    pixel_spacing_mm: list[float] | None = Field(
+        None, description="(row, column) spacing; null when the header has none"
+    )
+    photometric_interpretation: str
+    transfer_syntax_uid: str | None
+    modality: str | None
+    bits_stored: int | None = None
+
+
+class MaskBlock(BaseModel):
+    format: Literal["png", "rle"]
+    rows: int
+    columns: int
+    data: str | None = Field(
+        None, description="png: base64 of a 1-bit PNG (255 = salient), original grid"
+    )
+    counts: list[int] | None = Field(
+        None,
+        description="rle: COCO uncompressed RLE, column-major, starting with a run of zeros",
+    )
+
+
+class HeatmapBlock(BaseModel):
+    format: Literal["png"] = "png"
+    rows: int = Field(description="rows of the PNG (downscaled when the image is large)")
+    columns: int
+    data: str = Field(description="base64 RGB PNG, JET colour map blended over the image")
+
+
+class SaliencyBlock(BaseModel):
+    method: str = Field(examples=["gradcam"])
+    threshold: float = Field(description="saliency (normalised to [0, 1]) at or above is masked")
+    mask: MaskBlock
+    heatmap: HeatmapBlock | None = None
+
+
+class BoxOut(BaseModel):
+    x_min: int
+    y_min: int
+    x_max: int
+    y_max: int
+    score: float = Field(description="peak normalised saliency inside the component")
+    area_px: int
+    area_mm2: float | None
+
+
+class Timings(BaseModel):
+    decode: float
+    preprocess: float
+    queue: float
+    inference: float
+    postprocess: float
+    total: float
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model: ModelBlock
+    probability: float = Field(ge=0.0, le=1.0)
+    threshold: float
+    positive: bool
+    image: ImageBlock
+    saliency: SaliencyBlock | None = Field(
+        None, description="null when the request asked for explain=false"
+    )
+    boxes: list[BoxOut]
+    timings_ms: Timings
+
+
+class CompareResponse(BaseModel):
+    results: list[PredictResponse]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    resolution: int
+    architecture: str
+    downsample: str
+    backend: str
+    saliency_methods: list[str]
+    sha256: str
+    threshold: float
+    threshold_rule: str
+    labels: list[str]
+    intended_use: str
+    metrics: dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    default_resolution: int
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    resolutions: list[int] = []
+    detail: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

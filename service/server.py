@@ -1,0 +1,39 @@
+"""Run the app under uvicorn with the service's settings and logging."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("sharpcxr.service")
+
+
+def serve(
+    host: str | None = None, port: int | None = None, settings: Settings | None = None
+) -> int:
+    """Serve until interrupted; returns the process exit status (1 when start-up failed)."""
+    settings = settings or get_settings()
+    if host is not None or port is not None:
+        settings = settings.model_copy(
+            update={"host": host or settings.host, "port": settings.port if port is None else port}
+        )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # create_app configured JSON logging
+        access_log=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    base = f"http://{settings.host}:{settings.port}"
+    log.info(f"serving on {base} (docs {base}/docs, metrics {base}/metrics)")
+    server.run()
+    return 0 if server.started else 1

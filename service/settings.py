@@ -1,0 +1,119 @@
+"""The service's settings: one pydantic-settings object, environment prefix ``SHARPCXR_``.
+
+Nothing else in the service reads the environment. Routes get the object through
+:func:`get_settings` (a dependency tests override); ``create_app(settings)`` takes one
+explicitly. Lists accept a comma-separated string (``SHARPCXR_RESOLUTIONS=256,512``) or JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Defaults serve the demo models on loopback."""
+
+    model_config = SettingsConfigDict(env_prefix="SHARPCXR_", extra="ignore", frozen=True)
+
+    # --- models (DESIGN's contract)
+    models_dir: Path = Field(Path("models"), description="directory holding manifest.json")
+    resolutions: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="resolutions to load; empty = every one in the manifest"
+    )
+    default_resolution: int | None = Field(
+        None, description="resolution when a request names none; unset = the highest loaded"
+    )
+    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    # --- batching and load
+    max_batch_size: int = Field(8, ge=1, le=256)
+    batch_timeout_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue: int = Field(64, ge=1, description="requests waiting per resolution before 503")
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="per-request deadline, upload to response"
+    )
+    decode_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="threads decoding DICOM and post-processing (default: one per core)",
+    )
+    intra_op_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="threads per inference call (ONNX Runtime / torch intra-op)",
+    )
+
+    # --- input limits
+    max_upload_mb: float = Field(100.0, gt=0)
+    max_pixels: int = Field(36_000_000, ge=1, description="rows * columns budget, from the header")
+    heatmap_max_side: int = Field(1024, ge=64, description="longest side of heatmap PNGs")
+
+    # --- security and process
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="accepted API keys; empty = no authentication"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("resolutions", "api_keys", mode="before")
+    @classmethod
+    def _lists_from_commas(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("resolutions")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        bad = [r for r in value if r < 32 or r % 32]
+        if bad:
+            raise ValueError(f"resolutions must be positive multiples of 32, got {bad}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _default_in_resolutions(self) -> Settings:
+        if (
+            self.default_resolution is not None
+            and self.resolutions
+            and self.default_resolution not in self.resolutions
+        ):
+            raise ValueError(
+                f"default_resolution {self.default_resolution} is not among "
+                f"resolutions {self.resolutions}"
+            )
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def api_key_bytes(self) -> list[bytes]:
+        return [key.get_secret_value().encode() for key in self.api_keys]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment (tests override this)."""
+    return Settings()

@@ -1,0 +1,135 @@
+"""Service test fixtures: small trained models, phantom DICOMs, real bad inputs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.uid import JPEG2000Lossless
+
+from imaging.dicom_writer import write_dicom
+from imaging.phantoms.dataset import Phantom, generate_phantom
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import build_dataset, make_dicom, pydicom_file, to_bytes
+from tests.service.models_fixture import build_fixture_models
+
+#: identifiers written into test DICOMs; they must never come back out
+PATIENT_NAME = "Zyxwvut^Qponmlk"
+PATIENT_ID = "PID-99887766-SECRET"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """Compact models at 128 and 256 trained on phantoms (cached, ~3 min the first time)."""
+    return build_fixture_models()
+
+
+def phantom(index: int, *, size: int = 1024, positive: bool = True, seed: int = 5) -> Phantom:
+    return generate_phantom(
+        seed, index, "a", size, pneumothorax=positive, size_fraction=0.9 if positive else None
+    )
+
+
+def phantom_dicom(
+    ph: Phantom, *, transfer_syntax: str = "1.2.840.10008.1.2.1", bits_stored: int = 12
+) -> bytes:
+    """The phantom as DICOM bytes, with a patient name and id set (to check they never leak)."""
+    stored = np.round(ph.pixels * ((1 << bits_stored) - 1)).astype(
+        np.uint8 if bits_stored == 8 else np.uint16
+    )
+    out = io.BytesIO()
+    write_dicom(
+        out,
+        stored,
+        transfer_syntax=transfer_syntax,
+        bits_stored=bits_stored,
+        patient_name=PATIENT_NAME,
+        patient_id=PATIENT_ID,
+        pixel_spacing_mm=(0.35, 0.35),
+    )
+    return out.getvalue()
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _huge_header() -> bytes:
+    ramp = np.tile(np.arange(64, dtype=np.uint16), (64, 1))
+    ds = build_dataset(ramp, PatientName=PATIENT_NAME, PatientID=PATIENT_ID)
+    del ds.Rows, ds.Columns
+    ds.add_new(0x00280010, "UL", 100_000)
+    ds.add_new(0x00280011, "UL", 100_000)
+    return to_bytes(ds)
+
+
+def _multi_frame() -> bytes:
+    ramp = np.tile(np.arange(64, dtype=np.uint16), (64, 1))
+    ds = build_dataset(ramp, PatientName=PATIENT_NAME, PatientID=PATIENT_ID)
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.stack([ramp, ramp]).tobytes()
+    return to_bytes(ds)
+
+
+def _truncated_j2k() -> bytes:
+    data = pydicom_file("RG1_J2KR.dcm")
+    return data[: int(len(data) * 0.9)]
+
+
+def _undecodable_syntax() -> bytes:
+    ramp = np.tile(np.arange(64, dtype=np.uint16), (64, 1))
+    ds = build_dataset(ramp, transfer_syntax=JPEG2000Lossless)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([ramp.tobytes()])
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def bad_inputs() -> dict[str, tuple[bytes, int, str]]:
+    """Real bad uploads: name -> (bytes, expected HTTP status, expected error code)."""
+    truncated = pydicom_file("RG1_UNCR.dcm")
+    return {
+        "random-bytes": (np.random.default_rng(7).bytes(20_000), 400, "not_dicom"),
+        "png": (_png(), 400, "not_dicom"),
+        "text": (b"PatientName=" + PATIENT_NAME.encode() + b"\n" * 10, 400, "not_dicom"),
+        "dicm-then-garbage": (
+            bytes(128) + b"DICM" + np.random.default_rng(8).bytes(4000),
+            400,
+            "corrupt_dicom",
+        ),
+        "truncated-uncompressed": (truncated[: len(truncated) // 2], 400, "truncated_dicom"),
+        "truncated-j2k": (_truncated_j2k(), 400, "truncated_dicom"),
+        "no-pixel-data": (
+            make_dicom(None, PatientName=PATIENT_NAME, PatientID=PATIENT_ID),
+            422,
+            "no_pixel_data",
+        ),
+        "structured-report": (pydicom_file("test-SR.dcm"), 422, "no_pixel_data"),
+        "colour": (pydicom_file("SC_rgb.dcm"), 422, "colour_image"),
+        "multi-frame": (_multi_frame(), 422, "multi_frame"),
+        "undecodable-syntax": (_undecodable_syntax(), 422, "unsupported_transfer_syntax"),
+        "header-100000x100000": (_huge_header(), 422, "image_too_large"),
+    }
+
+
+def make_client(models: Path, **overrides: Any) -> TestClient:
+    settings = Settings(models_dir=models, **overrides)
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(models_dir: Path) -> Iterator[TestClient]:
+    with make_client(models_dir, default_resolution=256) as c:
+        yield c

@@ -1,0 +1,65 @@
+"""Backends agree: torch + pytorch-grad-cam (the reference) vs ONNX Runtime's in-graph CAM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imaging.localisation import mask_iou
+from imaging.preprocess import preprocess
+from imaging.saliency import explain
+from service.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
+from service.backends.torch import METHODS, TorchBackend
+from service.errors import UnsupportedMethodError
+from service.registry import read_manifest
+from tests.service.conftest import phantom
+
+
+def _pair(models_dir: Path, resolution: int) -> tuple[OnnxRuntimeBackend, TorchBackend]:
+    entry = next(e for e in read_manifest(models_dir) if e["resolution"] == resolution)
+    files = entry["files"]
+    return (
+        OnnxRuntimeBackend(models_dir / files["onnx"]["path"], resolution),
+        TorchBackend(models_dir / files["pt"]["path"], resolution),
+    )
+
+
+@pytest.mark.parametrize("resolution", [128, 256])
+def test_torch_gradcam_equals_onnx_in_graph_cam(models_dir: Path, resolution: int) -> None:
+    ort_backend, torch_backend = _pair(models_dir, resolution)
+    phantoms = [phantom(i, size=600) for i in range(3)] + [phantom(9, size=600, positive=False)]
+    inputs = [preprocess(p.pixels, resolution) for p in phantoms]
+    batch = np.stack([m.image for m in inputs])
+    a, b = ort_backend.infer(batch), torch_backend.infer(batch)
+    prob = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    assert np.abs(prob(a.logits) - prob(b.logits)).max() <= 1e-4
+    for cam_a, cam_b, mi in zip(a.cams, b.cams, inputs, strict=True):
+        sa, sb = explain(cam_a, mi.geometry), explain(cam_b, mi.geometry)
+        assert np.abs(sa.saliency - sb.saliency).max() <= 1e-3
+        assert mask_iou(sa.mask, sb.mask) >= 0.95
+
+
+def test_torch_offers_other_methods_onnx_refuses_them(models_dir: Path) -> None:
+    ort_backend, torch_backend = _pair(models_dir, 128)
+    image = preprocess(phantom(1, size=300).pixels, 128).image[None]
+    for method in METHODS:
+        out = torch_backend.infer(image, method)
+        assert out.cams.shape == (1, 4, 4) and np.isfinite(out.cams).all(), method
+    assert not np.allclose(
+        torch_backend.infer(image, "eigencam").cams, torch_backend.infer(image, "gradcam").cams
+    )
+    with pytest.raises(UnsupportedMethodError, match="torch"):
+        ort_backend.infer(image, "gradcam++")
+    with pytest.raises(ValueError, match="float32"):
+        ort_backend.infer(image.astype(np.float64))
+
+
+def test_cuda_without_a_gpu_provider_is_a_clear_error() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(RuntimeError, match="SHARPCXR_DEVICE=cpu"):
+        choose_providers("cuda")

@@ -1,0 +1,113 @@
+"""Dynamic batching: the pure collector on a plain queue, and the batcher on a real model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.backends.onnxruntime import OnnxRuntimeBackend
+from service.batching import Batcher, collect_batch
+from service.errors import DeadlineExceededError, OverloadedError
+from service.metrics import Metrics
+from service.registry import read_manifest
+
+
+def test_collect_batch_takes_backlog_at_once() -> None:
+    async def go() -> list[int]:
+        q: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(10):
+            q.put_nowait(i)
+        return await collect_batch(q, max_size=4, timeout_s=10.0)
+
+    started = time.monotonic()
+    assert asyncio.run(go()) == [0, 1, 2, 3]
+    assert time.monotonic() - started < 1.0  # a full batch does not wait for the timeout
+
+
+def test_collect_batch_waits_at_most_the_timeout_after_the_first_item() -> None:
+    async def go() -> tuple[list[int], float]:
+        q: asyncio.Queue[int] = asyncio.Queue()
+
+        async def producer() -> None:
+            await asyncio.sleep(0.05)
+            q.put_nowait(1)
+            await asyncio.sleep(0.02)
+            q.put_nowait(2)
+            await asyncio.sleep(1.0)
+            q.put_nowait(3)  # too late for this batch
+
+        task = asyncio.create_task(producer())
+        t0 = time.monotonic()
+        batch = await collect_batch(q, max_size=8, timeout_s=0.2)
+        elapsed = time.monotonic() - t0
+        task.cancel()
+        return batch, elapsed
+
+    batch, elapsed = asyncio.run(go())
+    assert batch == [1, 2]
+    assert 0.2 <= elapsed < 0.9  # 0.05 s for the first item + the 0.2 s window
+
+
+def _backend(models_dir: Path) -> OnnxRuntimeBackend:
+    entry = next(e for e in read_manifest(models_dir) if e["resolution"] == 128)
+    return OnnxRuntimeBackend(models_dir / entry["files"]["onnx"]["path"], 128, intra_op_threads=1)
+
+
+def test_batcher_forms_batches_and_returns_each_row(models_dir: Path) -> None:
+    backend = _backend(models_dir)
+    images = np.random.default_rng(0).normal(size=(6, 1, 128, 128)).astype(np.float32)
+    reference = backend.infer(images)
+
+    async def go() -> list[float]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            metrics = Metrics()
+            b = Batcher(backend, pool, metrics, max_batch_size=4, batch_timeout_s=0.05,
+                        max_queue=16)  # fmt: skip
+            b.start()
+            deadline = time.monotonic() + 30
+            results = await asyncio.gather(*(b.infer(img, "gradcam", deadline) for img in images))
+            await b.stop()
+            sizes = [r.batch_size for r in results]
+            assert max(sizes) == 4 and sum(1 / s for s in sizes) == pytest.approx(2)
+            for r, cam in zip(results, reference.cams, strict=True):
+                assert np.allclose(r.cam, cam, atol=1e-5)
+            return [r.logit for r in results]
+
+    logits = asyncio.run(go())
+    assert np.allclose(logits, reference.logits, atol=1e-5)  # each request got its own row
+
+
+def test_batcher_full_queue_and_deadline(models_dir: Path) -> None:
+    backend = _backend(models_dir)
+    image = np.zeros((1, 128, 128), np.float32)
+
+    async def go() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(backend, pool, Metrics(), max_batch_size=1, batch_timeout_s=0.0,
+                        max_queue=2)  # fmt: skip
+            # Not started: nothing drains the queue, so the third request finds it full.
+            deadline = time.monotonic() + 0.3
+            waiting = [asyncio.create_task(b.infer(image, "gradcam", deadline)) for _ in range(2)]
+            await asyncio.sleep(0)
+            with pytest.raises(OverloadedError) as info:
+                await b.infer(image, "gradcam", deadline)
+            assert info.value.http_status == 503 and info.value.retry_after_s
+            for task in waiting:  # and those waiting time out at their deadline
+                with pytest.raises(DeadlineExceededError):
+                    await task
+            b.start()  # expired items are dropped, not run; fresh ones still work
+            await asyncio.sleep(0.1)
+            assert b.queue.empty()
+            out = await b.infer(image, "gradcam", time.monotonic() + 30)
+            assert out.batch_size == 1
+            await b.stop()
+
+    asyncio.run(go())
