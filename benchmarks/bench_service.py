@@ -247,30 +247,12 @@ def build_densenet_models(dst: Path, resolutions: Sequence[int]) -> list[dict[st
 
 
 def ort_session(onnx_path: Path, resolution: int, threads: int) -> tuple[Any, str]:
-    """An ONNX Runtime session with the service's options, and where it came from.
+    """An ONNX Runtime session built by the service's own backend (same options, so the
+    baseline cannot drift from what the service runs), and where it came from."""
+    from service.backends.onnxruntime import OnnxRuntimeBackend
 
-    The service's own :class:`OnnxRuntimeBackend` builds it when that works (then the
-    options cannot drift from the service's); otherwise the same options are set here.
-    """
-    try:
-        from service.backends.onnxruntime import OnnxRuntimeBackend
-
-        backend = OnnxRuntimeBackend(onnx_path, resolution, intra_op_threads=threads)
-        return backend.session, "service.backends.onnxruntime.OnnxRuntimeBackend"
-    except Exception as exc:  # not importable yet, or its signature changed
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_cpu_mem_arena = True
-        options.enable_mem_pattern = True
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        return session, f"local copy of the service's options ({type(exc).__name__})"
+    backend = OnnxRuntimeBackend(onnx_path, resolution, intra_op_threads=threads)
+    return backend.session, "service.backends.onnxruntime.OnnxRuntimeBackend"
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
+from imaging.dicom import DecodedImage
 from service.deps import AuthDep, PredictorDep, SettingsDep
 from service.errors import DeadlineExceededError, InvalidParameterError, UnknownResolutionError
 from service.logs import request_id_var
-from service.pipeline import PredictOptions
+from service.pipeline import PredictOptions, Predictor
 from service.schemas import CompareResponse, ErrorResponse, PredictResponse
 from service.upload import read_dicom_upload
 
@@ -63,6 +66,23 @@ Method = Annotated[
 Explain = Annotated[bool, Query(description="false: probability only, no mask, boxes or heatmap")]
 
 
+@asynccontextmanager
+async def request_deadline(timeout_s: float) -> AsyncIterator[None]:
+    """The whole request (upload included) within ``timeout_s``, else 503 with Retry-After."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        raise DeadlineExceededError(timeout_s) from None
+
+
+async def upload_and_decode(
+    request: Request, predictor: Predictor, limit_mb: float
+) -> tuple[DecodedImage, float]:
+    body = await read_dicom_upload(request, limit_mb)
+    return await predictor.decode(body)
+
+
 def _options(mask_format: str, heatmap: bool, method: str, explain: bool) -> PredictOptions:
     return PredictOptions(
         mask_format="rle" if mask_format == "rle" else "png",
@@ -98,15 +118,11 @@ async def predict(
     request.state.resolution_label = str(model.resolution)
     options = _options(mask_format, heatmap, method, explain)
     model.backend.check_method(options.method)
-    try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            body = await read_dicom_upload(request, settings.max_upload_mb)
-            decoded, decode_s = await predictor.decode(body)
-            return await predictor.predict(
-                request_id_var.get(), decoded, decode_s, model, options, deadline, started
-            )
-    except TimeoutError:
-        raise DeadlineExceededError(settings.request_timeout_s) from None
+    async with request_deadline(settings.request_timeout_s):
+        decoded, decode_s = await upload_and_decode(request, predictor, settings.max_upload_mb)
+        return await predictor.predict(
+            request_id_var.get(), decoded, decode_s, model, options, deadline, started
+        )
 
 
 def parse_resolutions(text: str | None, available: list[int]) -> list[int]:
@@ -159,19 +175,13 @@ async def compare(
     options = _options(mask_format, heatmap, method, explain)
     for model in models:
         model.backend.check_method(options.method)
-    try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            body = await read_dicom_upload(request, settings.max_upload_mb)
-            decoded, decode_s = await predictor.decode(body)
-            request_id = request_id_var.get()
-            results = await asyncio.gather(
-                *(
-                    predictor.predict(
-                        request_id, decoded, decode_s, model, options, deadline, started
-                    )
-                    for model in models
-                )
+    async with request_deadline(settings.request_timeout_s):
+        decoded, decode_s = await upload_and_decode(request, predictor, settings.max_upload_mb)
+        request_id = request_id_var.get()
+        results = await asyncio.gather(
+            *(
+                predictor.predict(request_id, decoded, decode_s, model, options, deadline, started)
+                for model in models
             )
-    except TimeoutError:
-        raise DeadlineExceededError(settings.request_timeout_s) from None
+        )
     return CompareResponse(results=list(results))

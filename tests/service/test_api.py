@@ -175,3 +175,14 @@ def test_openapi_document_is_current() -> None:
 
     committed = (Path(__file__).resolve().parents[2] / DEFAULT_PATH).read_text()
     assert render(openapi_document()) == committed, "run `make openapi` and commit the result"
+
+
+def test_request_deadline_gives_503_with_retry_after(
+    models_dir: Path, positive_dicom: bytes
+) -> None:
+    with make_client(models_dir, request_timeout_s=0.001) as c:
+        r = c.post("/v1/predict", content=positive_dicom, headers=DICOM)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "deadline_exceeded"
+        assert int(r.headers["retry-after"]) >= 1
+        assert c.get("/healthz").status_code == 200
