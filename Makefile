@@ -52,8 +52,8 @@ openapi: install  ## regenerate openapi/openapi.json from the app
 study: install  ## run the CPU resolution study
 	@echo "make study: the resolution study (issue #5) is not built yet" >&2; exit 1
 
-loadtest: install  ## per-resolution cost sweep against a running service
-	@echo "make loadtest: the service (issue #4) is not built yet" >&2; exit 1
+loadtest: install  ## per-resolution cost sweep against a running service (make serve first; extra flags via LOADTEST_ARGS)
+	$(RUN) python -m load_tests.sweep --url http://$(HOST):$(PORT) --out load_tests/results/sweep.json $(LOADTEST_ARGS)
 
 clean:  ## remove caches (keeps .venv and models)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

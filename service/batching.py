@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from service.backends.base import Backend, FloatArray
-from service.errors import DeadlineExceededError, OverloadedError
+from service.errors import DeadlineExceededError, NotReadyError, OverloadedError
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Batcher:
         while not self.queue.empty():
             item = self.queue.get_nowait()
             if not item.future.done():
-                item.future.set_exception(DeadlineExceededError(0))
+                item.future.set_exception(NotReadyError("the service is shutting down"))
 
     async def infer(self, image: FloatArray, method: str, deadline: float) -> Inference:
         """Queue one image ``(1, R, R)`` and wait for its result; 503 when the queue is full,

@@ -193,6 +193,17 @@ def build_backend(kind: str, path: Path, resolution: int, settings: Settings) ->
     raise ValueError(f"unknown backend {kind!r}")
 
 
+def preflight(settings: Settings) -> list[Path]:
+    """Check the manifest and every file the configured backend would load (existence and
+    sha256), without loading anything; raises :class:`ModelFileError`. ``serve`` runs it
+    before starting the server so that a bad model directory is one clear line, not a
+    start-up traceback."""
+    models_dir = settings.models_dir.resolve()
+    entries = select_entries(read_manifest(models_dir), settings.resolutions, models_dir)
+    kind = BACKEND_FILE[settings.backend]
+    return [verified_file(e, kind, models_dir, settings.backend) for e in entries.values()]
+
+
 def load_registry(settings: Settings) -> Registry:
     """Load, verify and warm every configured model; raises :class:`ModelFileError`."""
     models_dir = settings.models_dir.resolve()

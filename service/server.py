@@ -7,6 +7,8 @@ import logging
 import uvicorn
 
 from service.app import create_app
+from service.errors import ModelFileError
+from service.registry import preflight
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("sharpcxr.service")
@@ -21,7 +23,12 @@ def serve(
         settings = settings.model_copy(
             update={"host": host or settings.host, "port": settings.port if port is None else port}
         )
-    app = create_app(settings)
+    app = create_app(settings)  # configures logging
+    try:
+        preflight(settings)
+    except ModelFileError as exc:
+        log.error(f"cannot start: {exc}")
+        return 1
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -34,6 +41,6 @@ def serve(
     )
     server = uvicorn.Server(config)
     base = f"http://{settings.host}:{settings.port}"
-    log.info(f"serving on {base} (docs {base}/docs, metrics {base}/metrics)")
+    log.info(f"starting on {base} (docs {base}/docs, metrics {base}/metrics)")
     server.run()
     return 0 if server.started else 1

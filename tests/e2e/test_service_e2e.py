@@ -169,3 +169,26 @@ def test_patient_identifiers_never_leave_the_service(server: Server) -> None:
     log = server.log()
     assert '"request_id"' in log and '"status": 200' in log  # the log is there and structured
     assert "Traceback" not in log
+
+
+def test_a_tampered_model_file_stops_the_start_naming_it(models_dir: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "models"
+    shutil.copytree(models_dir, copy)
+    entry = json.loads((copy / "manifest.json").read_text())["models"][0]
+    onnx = copy / entry["files"]["onnx"]["path"]
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARPCXR_")}
+    env["SHARPCXR_MODELS_DIR"] = str(copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert onnx.name in done.stderr and "does not match the manifest" in done.stderr
+    assert "Traceback" not in done.stderr
