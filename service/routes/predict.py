@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from imaging.dicom import DecodedImage
 from service.deps import AuthDep, PredictorDep, SettingsDep
@@ -83,13 +83,22 @@ async def upload_and_decode(
     return await predictor.decode(body)
 
 
-def _options(mask_format: str, heatmap: bool, method: str, explain: bool) -> PredictOptions:
+def predict_options(
+    mask_format: MaskFormat = "png",
+    heatmap: Heatmap = False,
+    method: Method = "gradcam",
+    explain: Explain = True,
+) -> PredictOptions:
+    """The query parameters shared by predict and compare."""
     return PredictOptions(
         mask_format="rle" if mask_format == "rle" else "png",
         heatmap=heatmap,
         method=method.strip().lower(),
         explain=explain,
     )
+
+
+OptionsDep = Annotated[PredictOptions, Depends(predict_options)]
 
 
 @router.post(
@@ -104,19 +113,15 @@ async def predict(
     _auth: AuthDep,
     predictor: PredictorDep,
     settings: SettingsDep,
+    options: OptionsDep,
     resolution: Annotated[
         int | None, Query(description="model resolution; default from settings")
     ] = None,
-    mask_format: MaskFormat = "png",
-    heatmap: Heatmap = False,
-    method: Method = "gradcam",
-    explain: Explain = True,
 ) -> PredictResponse:
     started = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
     model = predictor.registry.get(resolution)
     request.state.resolution_label = str(model.resolution)
-    options = _options(mask_format, heatmap, method, explain)
     model.backend.check_method(options.method)
     async with request_deadline(settings.request_timeout_s):
         decoded, decode_s = await upload_and_decode(request, predictor, settings.max_upload_mb)
@@ -157,14 +162,11 @@ async def compare(
     _auth: AuthDep,
     predictor: PredictorDep,
     settings: SettingsDep,
+    options: OptionsDep,
     resolutions: Annotated[
         str | None,
         Query(max_length=100, description="comma-separated, e.g. 256,512,1024; default: all"),
     ] = None,
-    mask_format: MaskFormat = "png",
-    heatmap: Heatmap = False,
-    method: Method = "gradcam",
-    explain: Explain = True,
 ) -> CompareResponse:
     started = time.perf_counter()
     deadline = time.monotonic() + settings.request_timeout_s
@@ -172,7 +174,6 @@ async def compare(
     wanted = parse_resolutions(resolutions, registry.resolutions)
     request.state.resolution_label = "multi"
     models = [registry.get(r) for r in wanted]
-    options = _options(mask_format, heatmap, method, explain)
     for model in models:
         model.backend.check_method(options.method)
     async with request_deadline(settings.request_timeout_s):
