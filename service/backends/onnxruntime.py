@@ -32,13 +32,14 @@ OUTPUT_NAMES = ("logit", "cam")
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-def choose_providers(device: str) -> list[str]:
-    """Execution providers for ``device`` ("cpu" | "cuda") that this build offers, best first.
+def choose_providers(device: str, available: list[str] | None = None) -> list[str]:
+    """Execution providers for ``device`` ("cpu" | "cuda") among ``available`` (default: what
+    this onnxruntime build offers), best first.
 
     Raises ``RuntimeError`` when ``cuda`` is asked for and no GPU provider is installed (the
     service must not silently fall back to CPU when the operator configured a GPU).
     """
-    available = ort.get_available_providers()
+    available = ort.get_available_providers() if available is None else available
     if device == "cpu":
         return ["CPUExecutionProvider"]
     gpu = [p for p in _GPU_PROVIDERS if p in available]

@@ -56,10 +56,12 @@ def test_torch_offers_other_methods_onnx_refuses_them(models_dir: Path) -> None:
         ort_backend.infer(image.astype(np.float64))
 
 
-def test_cuda_without_a_gpu_provider_is_a_clear_error() -> None:
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA")
+def test_provider_choice_for_cpu_and_cuda() -> None:
+    cpu_only = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cpu", cpu_only) == ["CPUExecutionProvider"]
     with pytest.raises(RuntimeError, match="SHARPCXR_DEVICE=cpu"):
-        choose_providers("cuda")
+        choose_providers("cuda", cpu_only)
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider", "TensorrtExecutionProvider"]
+    assert choose_providers("cuda", gpu) == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    ]  # fmt: skip
