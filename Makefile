@@ -6,7 +6,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help uv install serve test test-all models bench lint openapi study loadtest contact-sheet clean
+.PHONY: help uv install serve test test-all models bench lint openapi study study-antialias loadtest contact-sheet clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,8 +49,11 @@ models: install  ## build the demo models (compact DenseNet on phantoms, 256/512
 openapi: install  ## regenerate openapi/openapi.json from the app
 	$(RUN) python -m service.openapi openapi/openapi.json
 
-study: install  ## run the CPU resolution study
-	@echo "make study: the resolution study (issue #5) is not built yet" >&2; exit 1
+study: install  ## the CPU resolution study (compact, 64-512 px, 3 folds; ~30 min): reports/phantom-compact/
+	$(RUN) sharpcxr study $(STUDY_ARGS)
+
+study-antialias: install  ## add blurpool and flc beside standard to the same study (reuses finished runs)
+	$(RUN) sharpcxr study --downsamples standard,blurpool,flc $(STUDY_ARGS)
 
 loadtest: install  ## per-resolution cost sweep against a running service (make serve first; extra flags via LOADTEST_ARGS)
 	$(RUN) python -m load_tests.sweep --url http://$(HOST):$(PORT) --out load_tests/results/sweep.json $(LOADTEST_ARGS)

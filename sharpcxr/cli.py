@@ -119,6 +119,21 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(handler=run_export)
 
 
+def _add_study(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from training.study.cli import add_study_arguments, run_study_command
+
+    p = sub.add_parser(
+        "study",
+        help="the resolution study: train/evaluate across resolutions, write a report",
+        description=(
+            "k-fold training at each resolution (and downsampling), evaluation on a hold-out "
+            "and external sets, statistics, figures: reports/NAME/report.md. Resumable."
+        ),
+    )
+    add_study_arguments(p)
+    p.set_defaults(handler=run_study_command)
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve",
@@ -146,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_study(sub)
     _add_serve(sub)
     return parser
 

@@ -34,7 +34,7 @@ _HELP = {
 }
 
 
-def _flag_type(hint: object) -> tuple[type, bool]:
+def flag_type(hint: object) -> tuple[type, bool]:
     """(argparse type, optional) for a dataclass field's annotation."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -49,7 +49,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name in ("test_roots",):
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind, _ = _flag_type(hints[f.name])
+        kind, _ = flag_type(hints[f.name])
         default = f.default
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
@@ -75,16 +75,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hpo-study", default=None, help="study name (workers share it)")
 
 
+def named_roots(items: list[str], flag: str) -> dict[str, str]:
+    """``["NAME=ROOT", ...]`` -> ``{NAME: ROOT}``; ``ValueError`` naming ``flag`` otherwise."""
+    roots = {}
+    for item in items:
+        name, sep, root = item.partition("=")
+        if not sep or not name or not root:
+            raise ValueError(f"{flag} takes NAME=ROOT, got {item!r}")
+        roots[name] = root
+    return roots
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if f.name != "test_roots"}  # fmt: skip
-    tests = {}
-    for item in args.test:
-        name, sep, root = item.partition("=")
-        if not sep or not name or not root:
-            raise ValueError(f"--test takes NAME=ROOT, got {item!r}")
-        tests[name] = root
-    return TrainConfig(**values, test_roots=tests)
+    return TrainConfig(**values, test_roots=named_roots(args.test, "--test"))
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ class TrainConfig:
     chexpert_csv: str | None = None  # CheXpert: train.csv (data_root = the folder above Path)
     uncertain: str = "ignore"  # CheXpert uncertain labels: ignore | zeros | ones | random
     holdout_fraction: float = 0.1  # patient-level validation hold-out
+    test_fraction: float = 0.0  # > 0: a patient-level test hold-out, removed from data_root
+    # before any train/validation split and never trained on (the study's in-distribution test)
     folds: int = 1  # > 1: k-fold cross-validation, validation = fold `fold`
     fold: int = 0
     test_roots: dict[str, str] = field(default_factory=dict)  # name -> root, evaluated at the end
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ValueError("CheXpert needs --chexpert-csv (the train.csv of the release)")
         if not 16 <= self.resolution <= 2048:
             raise ValueError(f"resolution must be in 16..2048, got {self.resolution}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.folds > 1 and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
         if self.gradient_checkpointing not in ("auto", "on", "off"):

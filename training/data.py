@@ -51,8 +51,27 @@ def load_records(cfg: TrainConfig, root: str | None = None) -> list[Record]:
     )
 
 
+#: offset between the training seed and the test hold-out's, so that the test cases stay the
+#: same whatever split of the rest a run uses
+_TEST_SPLIT_SALT = 104_729
+
+
+def split_test_set(cfg: TrainConfig, records: list[Record]) -> tuple[list[Record], list[Record]]:
+    """``(development, test)``: the patient-level ``test_fraction`` hold-out of ``records``.
+
+    Depends only on the records, ``test_fraction`` and ``seed``: every fold and resolution of
+    a study sees the same test cases. ``test_fraction`` 0: no test cases.
+    """
+    if cfg.test_fraction <= 0:
+        return list(records), []
+    return patient_holdout_split(records, fraction=cfg.test_fraction,
+                                 seed=cfg.seed + _TEST_SPLIT_SALT)  # fmt: skip
+
+
 def split_records(cfg: TrainConfig, records: list[Record]) -> tuple[list[Record], list[Record]]:
-    """Patient-level split: k-fold when ``folds > 1``, else a ``holdout_fraction`` hold-out."""
+    """Patient-level ``(train, validation)`` split of what :func:`split_test_set` leaves: k-fold
+    when ``folds > 1``, else a ``holdout_fraction`` hold-out."""
+    records, _ = split_test_set(cfg, records)
     if cfg.folds > 1:
         return patient_kfold(records, k=cfg.folds, seed=cfg.seed)[cfg.fold]
     return patient_holdout_split(records, fraction=cfg.holdout_fraction, seed=cfg.seed)

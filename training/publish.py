@@ -52,7 +52,7 @@ def evaluate_checkpoint(path: Path, test_roots: dict[str, str]) -> dict[str, Any
     cache = PreprocessCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
     metrics: dict[str, Any] = dict(state.get("metrics", {}))
     for name, root in test_roots.items():
-        records, refused = _usable(load_records(cfg, root), cfg.resolution, cache)
+        records, refused = usable_records(load_records(cfg, root), cfg.resolution, cache)
         loader = DataLoader(
             CXRDataset(records, cfg.resolution, cache=cache),
             batch_size=cfg.effective_batch_size,
@@ -76,7 +76,7 @@ def evaluate_checkpoint(path: Path, test_roots: dict[str, str]) -> dict[str, Any
     return metrics
 
 
-def _usable(
+def usable_records(
     records: list[Record], resolution: int, cache: PreprocessCache
 ) -> tuple[list[Record], int]:
     """The records the imaging path accepts, and how many it refused.

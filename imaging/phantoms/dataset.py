@@ -182,17 +182,20 @@ def write_phantom_dataset(
     rows: int | None = None,
     columns: int | None = None,
     photometric: str | None = None,
+    profile_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``n`` phantoms of ``site`` in the SIIM-ACR layout (module docstring); returns the
     CSV path. ``rows``/``columns`` override ``size``; ``modality``/``photometric`` override
-    the site's. JPEG Baseline stores 8 bits whatever ``bits_stored`` says (logged)."""
+    the site's; ``profile_overrides`` replaces any other :class:`SiteProfile` field (e.g. one
+    factor of another site, for a distribution-shift ablation). JPEG Baseline stores 8 bits
+    whatever ``bits_stored`` says (logged)."""
     out = Path(out_dir)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     ts = resolve_transfer_syntax(transfer_syntax)
     if ts.name.startswith("JPEG Baseline") and bits_stored != 8:
         logger.warning("JPEG Baseline holds 8-bit samples: writing BitsStored 8")
         bits_stored = 8
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(profile_overrides or {})
     if modality:
         overrides["modality"] = modality.upper()
     if photometric:

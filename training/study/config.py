@@ -1,0 +1,87 @@
+"""The resolution study's configuration: every default in one visible block.
+
+The defaults are the CPU phantom study of ``make study`` (compact DenseNet, 64-512 px,
+3-fold cross-validation, ~25 minutes on 2 cores). The full DenseNet-121 study on a GPU
+changes the architecture, the resolutions and the sizes (README, "Resolution study").
+
+Why the training schedule is the same at every resolution: the published protocol trains
+each resolution to convergence; on a CPU budget a fixed number of epochs (with the
+protocol's LR plateau and early stop inside it) is the fair stand-in. A time budget would
+give low resolutions many more epochs than high ones and confound resolution with training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.architectures import ARCHITECTURES, DOWNSAMPLES
+
+
+@dataclass
+class StudyConfig:
+    # ---- identity and places -----------------------------------------------------------
+    name: str = "phantom-compact"
+    reports_dir: str = "reports"  # the report goes to reports_dir/name
+    runs_dir: str = "runs/study"  # checkpoints and per-case predictions (resumable)
+    # ---- data ------------------------------------------------------------------------
+    dataset: str = "phantoms"  # phantoms | siim | nih | chexpert (TrainConfig.dataset)
+    data_root: str | None = None  # None with phantoms: generated under data_dir
+    external: dict[str, str] = field(default_factory=dict)  # name -> root (out of distribution)
+    data_dir: str = "data/study"  # generated phantoms and the preprocessing cache
+    phantoms_development: int = 720  # site a: the k-fold pool plus the test hold-out
+    phantoms_external: int = 240  # site b: the external test set
+    phantom_size: int = 1024  # native rows = columns (SIIM-ACR's size)
+    test_fraction: float = 1 / 3  # patient-level in-distribution test hold-out
+    # ---- the axes --------------------------------------------------------------------
+    resolutions: tuple[int, ...] = (64, 128, 256, 512)
+    architecture: str = "compact"  # compact | densenet121
+    downsamples: tuple[str, ...] = ("standard",)  # standard | blurpool | flc | asap
+    folds: int = 3
+    # ---- training, the same at every resolution (module docstring) -------------------
+    epochs: int = 10
+    batch_size: int = 16  # 0: the protocol's per-resolution batch (64 at 64 px, 12 at 1024)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment_strength: float = 0.5
+    hpo_trials: int = 0  # > 0: Optuna per resolution on fold 0, best params for every fold
+    device: str = "auto"
+    num_workers: int = 0  # inputs are cached in memory; workers would only copy them
+    seed: int = 0
+    # ---- evaluation ------------------------------------------------------------------
+    saliency_threshold: float = 0.5
+    box_iou_threshold: float = 0.1  # Wollek et al.'s loose box criterion
+    bootstrap_resamples: int = 2000
+    grid_cases: int = 4  # hold-out positives shown in the saliency grid (small to large)
+    shift_ablation: bool = True  # generated phantoms only: which site-b factor costs what
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad field and the allowed values."""
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}")
+        bad = [d for d in self.downsamples if d not in DOWNSAMPLES]
+        if bad or not self.downsamples:
+            raise ValueError(f"downsamples must be among {DOWNSAMPLES}, got {self.downsamples}")
+        if not self.resolutions or any(not 32 <= r <= 2048 for r in self.resolutions):
+            raise ValueError(f"resolutions must be in 32..2048, got {self.resolutions}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2 (k-fold cross-validation), got {self.folds}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.data_root is None and self.dataset != "phantoms":
+            raise ValueError(f"dataset {self.dataset} needs --data-root")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.reports_dir) / self.name
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
