@@ -57,6 +57,8 @@ class TrainConfig:
     max_epochs: int = 100
     batch_size: int | None = None  # None: default_batch_size(resolution)
     augment_strength: float = 1.0  # 0 = no augmentation; scales rotation/scale/intensity
+    augment_gamma: float = 0.0  # > 0: also a tone-curve change display ** g, |log g| <=
+    # log(1 + augment_gamma) (off by default; see training.datasets.augment)
     # ---- machinery -------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -151,7 +151,11 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
     train_records, val_records = split_records(cfg, records)
     labels = label_names(cfg)
     cache = PreprocessCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
-    augment = Augment(strength=cfg.augment_strength) if cfg.augment_strength > 0 else None
+    augment = (
+        Augment(strength=cfg.augment_strength, gamma=cfg.augment_gamma)
+        if cfg.augment_strength > 0
+        else None
+    )
     train_set = CXRDataset(train_records, cfg.resolution, augment=augment, cache=cache)
     val_set = CXRDataset(val_records, cfg.resolution, cache=cache)
     batch = cfg.effective_batch_size

@@ -93,6 +93,26 @@ def test_mask_moves_with_the_image_and_padding_stays_black() -> None:
     assert torch.allclose(out[0, :, 10:50], torch.full((R, 40), 0.4), atol=1e-5)  # +0.1 display
 
 
+def test_gamma_is_off_by_default_and_bends_the_tone_curve() -> None:
+    assert Augment(strength=0.8).sample(5, torch.Generator().manual_seed(3)).gamma is None
+    on = Augment(strength=1.0, gamma=0.7).sample(2000, torch.Generator().manual_seed(3))
+    assert on.gamma is not None
+    assert float(on.gamma.min()) >= 1 / 1.7 - 1e-6 and float(on.gamma.max()) <= 1.7 + 1e-6
+    # Drawn after the others: switching it on leaves every other draw as it was.
+    off = Augment(strength=1.0).sample(2000, torch.Generator().manual_seed(3))
+    for name in ("angle_deg", "scale", "translate", "brightness", "contrast"):
+        assert torch.equal(getattr(on, name), getattr(off, name))
+    # display 0.5 with g = 2 -> 0.25 (normalised: (0.25 - 0.5) / 0.25 = -1), identity otherwise.
+    params = AugmentParams(
+        angle_deg=torch.zeros(1), scale=torch.ones(1), translate=torch.zeros(1, 2),
+        brightness=torch.zeros(1), contrast=torch.ones(1), gamma=torch.tensor([2.0]),
+    )  # fmt: skip
+    out, _ = Augment().apply(torch.zeros(1, R, R), params=params)
+    assert torch.allclose(out[0, 8:-8, 8:-8], torch.full((R - 16, R - 16), -1.0), atol=1e-5)
+    with pytest.raises(ValueError, match="gamma"):
+        Augment(gamma=-0.1)
+
+
 # ------------------------------------------------------------------------ splits
 def make_records(n_patients: int = 120, seed: int = 0) -> list[Record]:
     rng = np.random.default_rng(seed)

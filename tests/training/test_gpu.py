@@ -111,3 +111,17 @@ def test_densenet121_checkpointing_fits_1024_on_cuda() -> None:
     torch.cuda.reset_peak_memory_stats()
     model(x).sum().backward()
     assert torch.cuda.max_memory_allocated() < 20 * 2**30
+
+
+@needs_cuda
+def test_tiny_study_on_cuda(tmp_path: Path) -> None:
+    """The study end to end on the GPU (mixed precision, channels-last): same report."""
+    import json
+
+    from tests.training.test_study import _tiny
+    from training.study.runner import run_study
+
+    out = run_study(_tiny(tmp_path, device="cuda", shift_ablation=False))
+    results = json.loads((out / "results.json").read_text())
+    assert results["environment"]["device"] != "cpu"
+    assert results["runs"]["standard"]["96"]["test"]["auroc"] is not None

@@ -16,6 +16,7 @@ from sharpcxr.cli import build_parser, main
 from training.config import TrainConfig
 from training.data import load_records, split_records, split_test_set
 from training.datasets import PreprocessCache, Record
+from training.loop import load_checkpoint
 from training.study.analysis import summarise_set
 from training.study.cli import config_from_args
 from training.study.config import StudyConfig
@@ -201,6 +202,27 @@ def test_tiny_study_writes_report_and_resumes(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert set(results["downsample_tests"]["blurpool"]["64"]) == {"test", "site_b"}
     assert "Anti-aliasing against standard" in (out / "report.md").read_text()
+
+
+def test_hyper_parameter_search_per_resolution(tmp_path: Path) -> None:
+    import optuna
+
+    from training.hpo import SEARCH_SPACE
+
+    cfg = _tiny(tmp_path, resolutions=(64,), hpo_trials=2, shift_ablation=False)
+    run_study(cfg)
+    out = resolution_dir(cfg, "standard", 64)
+    summary = json.loads((out / "resolution.json").read_text())
+    params = summary["hyper_parameters"]
+    assert params["searched"] is True
+    assert SEARCH_SPACE["lr"][0] <= params["lr"] <= SEARCH_SPACE["lr"][1]
+    storage = f"sqlite:///{(out / 'hpo' / 'optuna.db').resolve()}"
+    study = optuna.load_study(study_name="study", storage=storage)
+    assert len(study.trials) == 2 and study.best_params["lr"] == params["lr"]
+    # Every fold trained with the best trial's parameters.
+    for fold in range(cfg.folds):
+        state = load_checkpoint(out / f"fold-{fold}" / "best.pt")
+        assert state["train_config"]["lr"] == params["lr"]
 
 
 def test_cli_round_trip_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

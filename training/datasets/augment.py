@@ -11,7 +11,11 @@ What it does, each range multiplied by ``strength`` in ``[0, 1]`` (0 = exact ide
 * translation uniform in ``±5 %`` of the side on each axis (centring);
 * contrast uniform in ``[0.9, 1.1]`` about mid-grey and brightness uniform in ``±0.1``, in
   display units (``[0, 1]``), then clipped to ``[0, 1]`` so inputs keep the range the
-  service produces; exposure and processing differ between sites.
+  service produces; exposure and processing differ between sites;
+* optionally (``gamma`` > 0, off by default) a tone-curve change ``display ** g`` with
+  ``log g`` uniform in ``±log(1 + gamma)``, before contrast and brightness: sites differ in
+  their processing curve far more than a linear contrast change covers (the study's shift
+  ablation measures what that costs; see README, "Resolution study").
 
 Not done, on purpose: **no flips**. A vertical flip makes an impossible radiograph; a
 horizontal one swaps the heart to the right (situs inversus is rare) and moves laterality
@@ -27,6 +31,7 @@ padding stays exactly the padding value). Deterministic given a ``torch.Generato
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -48,6 +53,7 @@ class AugmentParams:
     translate: torch.Tensor
     brightness: torch.Tensor
     contrast: torch.Tensor
+    gamma: torch.Tensor | None = None  # None = 1 (no tone-curve change)
 
 
 class Augment:
@@ -62,6 +68,7 @@ class Augment:
         translate: float = 0.05,
         brightness: float = 0.1,
         contrast: float = 0.1,
+        gamma: float = 0.0,
     ) -> None:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -71,9 +78,12 @@ class Augment:
         self.translate = translate
         self.brightness = brightness
         self.contrast = contrast
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
 
     def __repr__(self) -> str:
-        return f"Augment(strength={self.strength})"
+        return f"Augment(strength={self.strength}, gamma={self.gamma})"
 
     @property
     def is_identity(self) -> bool:
@@ -88,13 +98,17 @@ class Augment:
             # in [-1, 1)
             return torch.rand(*shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0
 
-        return AugmentParams(
+        params = AugmentParams(
             angle_deg=uniform(n) * self.rotation_deg * s,
             scale=1.0 + uniform(n) * self.scale * s,
             translate=uniform(n, 2) * 2.0 * self.translate * s,
             brightness=uniform(n) * self.brightness * s,
             contrast=1.0 + uniform(n) * self.contrast * s,
         )
+        if self.gamma == 0.0:
+            return params  # drawn last and only when on: gamma 0 keeps the old random stream
+        log_g = uniform(n) * math.log1p(self.gamma) * s
+        return dataclasses.replace(params, gamma=torch.exp(log_g))
 
     def __call__(
         self, image: torch.Tensor, generator: torch.Generator | None = None
@@ -134,6 +148,8 @@ class Augment:
         c = p.contrast.to(dev, dtype).view(n, 1, 1, 1)
         b = p.brightness.to(dev, dtype).view(n, 1, 1, 1)
         display = x * NORMALISATION_STD + NORMALISATION_MEAN
+        if p.gamma is not None:
+            display = display.clamp(0.0, 1.0) ** p.gamma.to(dev, dtype).view(n, 1, 1, 1)
         changed = ((display - 0.5) * c + 0.5 + b).clamp(0.0, 1.0)
         changed = (changed - NORMALISATION_MEAN) / NORMALISATION_STD
         if content is not None:

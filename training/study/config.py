@@ -46,6 +46,7 @@ class StudyConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment_strength: float = 0.5
+    augment_gamma: float = 0.0  # > 0: tone-curve augmentation (TrainConfig.augment_gamma)
     hpo_trials: int = 0  # > 0: Optuna per resolution on fold 0, best params for every fold
     device: str = "auto"
     num_workers: int = 0  # inputs are cached in memory; workers would only copy them

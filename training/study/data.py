@@ -81,6 +81,7 @@ def train_config(cfg: StudyConfig, development_root: Path, resolution: int) -> T
         weight_decay=cfg.weight_decay,
         batch_size=cfg.batch_size or None,
         augment_strength=cfg.augment_strength,
+        augment_gamma=cfg.augment_gamma,
         max_epochs=cfg.epochs,
         device=cfg.device,
         num_workers=cfg.num_workers,
