@@ -70,6 +70,7 @@ class PairedTest:
     statistic: float
     p_value: float
     n: int
+    se: float = math.nan  # standard error of ``difference`` where a closed form gives one
 
 
 def _binary(labels: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -135,8 +136,8 @@ def paired_delong(
     else:
         z = diff / math.sqrt(var)
     p = float(2 * _stats.norm.sf(abs(z)))
-    return PairedTest(difference=diff, statistic=z, p_value=p,
-                      n=result.positives + result.negatives)  # fmt: skip
+    n = result.positives + result.negatives
+    return PairedTest(difference=diff, statistic=z, p_value=p, n=n, se=math.sqrt(max(var, 0.0)))
 
 
 def unpaired_difference_ci(
@@ -154,13 +155,29 @@ def unpaired_difference_ci(
     return diff, diff - z * se, diff + z * se, p
 
 
+def difference_of_differences(
+    first: PairedTest, second: PairedTest, level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """``(d, low, high, p)`` for ``d = first.difference - second.difference`` where the two
+    paired comparisons ran on **independent** case sets (variances add), e.g. how much more
+    AUROC a resolution step buys in distribution than out of it (the gap's change)."""
+    d = first.difference - second.difference
+    se = math.hypot(first.se, second.se)
+    z = float(_stats.norm.ppf(0.5 + level / 2))
+    if not se > 0:
+        return d, d, d, (1.0 if d == 0 else math.nan)
+    return d, d - z * se, d + z * se, float(2 * _stats.norm.sf(abs(d) / se))
+
+
 def wilcoxon_signed_rank(first: npt.ArrayLike, second: npt.ArrayLike) -> PairedTest:
     """Wilcoxon signed-rank test of paired scores (e.g. per-case IoU of two models).
 
-    Zero differences are dropped (Wilcoxon's convention); ``difference`` is the median of
-    ``first - second`` over all pairs. All differences zero (or fewer than one non-zero
-    pair): ``p = 1``. Exact p-values for small samples without ties, else the normal
-    approximation (scipy's ``method="auto"``).
+    Zero differences are dropped from the test (Wilcoxon's convention); ``difference`` is
+    the **mean** of ``first - second`` over all finite pairs, zeros included (a median would
+    read 0 whenever most pairs tie, e.g. IoU 0 at both resolutions). All differences zero:
+    ``p = 1``; no finite pair at all: ``p`` and ``difference`` NaN (nothing was tested).
+    Exact p-values for small samples without ties, else the normal approximation (scipy's
+    ``method="auto"``).
     """
     a = np.asarray(first, dtype=np.float64).ravel()
     b = np.asarray(second, dtype=np.float64).ravel()
@@ -168,11 +185,13 @@ def wilcoxon_signed_rank(first: npt.ArrayLike, second: npt.ArrayLike) -> PairedT
         raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
     keep = np.isfinite(a) & np.isfinite(b)
     d = a[keep] - b[keep]
-    median = float(np.median(d)) if d.size else math.nan
+    if d.size == 0:
+        return PairedTest(difference=math.nan, statistic=math.nan, p_value=math.nan, n=0)
+    mean = float(d.mean())
     if np.count_nonzero(d) == 0:
-        return PairedTest(difference=median, statistic=0.0, p_value=1.0, n=int(d.size))
+        return PairedTest(difference=mean, statistic=0.0, p_value=1.0, n=int(d.size))
     result = _stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method="auto")
-    return PairedTest(difference=median, statistic=float(result.statistic),
+    return PairedTest(difference=mean, statistic=float(result.statistic),
                       p_value=float(result.pvalue), n=int(d.size))  # fmt: skip
 
 

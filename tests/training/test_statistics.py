@@ -9,9 +9,11 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from training.statistics import (
+    PairedTest,
     auroc_ci,
     bootstrap_ci,
     delong,
+    difference_of_differences,
     holm,
     paired_delong,
     unpaired_difference_ci,
@@ -153,11 +155,28 @@ def test_wilcoxon_known_exact_p_value() -> None:
     result = wilcoxon_signed_rank(first, second)
     assert result.p_value == pytest.approx(2 / 64)
     assert result.statistic == 0.0  # the smaller rank sum (no negative differences)
-    assert result.difference == pytest.approx(0.35)
+    assert result.difference == pytest.approx(0.35)  # the mean difference
+    # Mostly ties (IoU 0 at both resolutions): the mean still shows the improvement.
+    assert wilcoxon_signed_rank([0, 0, 0, 0.3], [0, 0, 0, 0.1]).difference == pytest.approx(0.05)
+
+
+def test_difference_of_independent_paired_differences() -> None:
+    first = PairedTest(difference=0.10, statistic=0.0, p_value=1.0, n=10, se=0.03)
+    second = PairedTest(difference=0.02, statistic=0.0, p_value=1.0, n=10, se=0.04)
+    d, low, high, p = difference_of_differences(first, second)
+    assert d == pytest.approx(0.08)  # se = hypot(0.03, 0.04) = 0.05
+    assert (low, high) == pytest.approx((0.08 - 1.959964 * 0.05, 0.08 + 1.959964 * 0.05))
+    assert p == pytest.approx(2 * (1 - 0.945200708), abs=1e-6)  # z = 1.6
+    # paired_delong supplies the standard error it tested with.
+    y = [1, 1, 1, 0, 0, 0]
+    test = paired_delong(y, [3, 2, 1, 0, -1, -2], [3, 2, -3, 0, -1, -2])
+    assert test.se > 0 and test.statistic == pytest.approx(test.difference / test.se)
 
 
 def test_wilcoxon_no_difference_and_symmetric() -> None:
     assert wilcoxon_signed_rank([0.2, 0.3], [0.2, 0.3]).p_value == 1.0
+    nothing = wilcoxon_signed_rank([], [])
+    assert math.isnan(nothing.p_value) and nothing.n == 0
     # Differences +1, -2, +3, -4: W+ = 1 + 3 = 4, W- = 6. Of the 16 equally likely sign
     # patterns, 7 have W+ <= 4 ({}, {1}, {2}, {3}, {4}, {1,2}, {1,3}): p = 2 * 7/16.
     result = wilcoxon_signed_rank([1, 0, 3, 0], [0, 2, 0, 4])

@@ -17,7 +17,7 @@ from training.config import TrainConfig
 from training.data import load_records, split_records, split_test_set
 from training.datasets import PreprocessCache, Record
 from training.loop import load_checkpoint
-from training.study.analysis import summarise_set
+from training.study.analysis import _paired_tables, summarise_set
 from training.study.cli import config_from_args
 from training.study.config import StudyConfig
 from training.study.evaluate import Inference, ensemble, localise
@@ -124,6 +124,23 @@ def test_shift_analysis_known_answers(tmp_path: Path) -> None:
     assert result["curve"]["difference"] == pytest.approx(6 / 9 - 1.0)
 
 
+def test_pairwise_tables_are_column_minus_row_with_holm() -> None:
+    nan = float("nan")
+    low = _cases([1, 1, 1, 0, 0, 0], [-5.0, 4.0, 5.0, 0.0, 1.0, 2.0], [nan] * 6)
+    high = _cases([1, 1, 1, 0, 0, 0], [3.0, 4.0, 5.0, 0.0, 1.0, 2.0], [nan] * 6)
+    high["loc.iou"] = low["loc.iou"] + 0.1
+    tables = _paired_tables({"64": low, "512": high}, ["64", "512"], "t")
+    row = tables["auroc"][0]
+    assert (row["a"], row["b"]) == ("64", "512")
+    assert row["difference"] == pytest.approx(1.0 - 6 / 9)  # 512 minus 64
+    assert tables["iou"][0]["mean_difference"] == pytest.approx(0.1)
+    assert row["p_holm"] == pytest.approx(row["p"])  # one comparison: nothing to adjust
+    # Too few cases of a class: reported as not tested, never a crash.
+    one = _cases([1, 0, 0, 0, 0, 0], [1.0, 0, 0, 0, 0, 0], [nan] * 6)
+    untested = _paired_tables({"64": one, "512": one}, ["64", "512"], "t")["auroc"][0]
+    assert np.isnan(untested["p"]) and np.isnan(untested["p_holm"])
+
+
 # ------------------------------------------------------------------ splits
 def test_test_hold_out_is_fixed_and_never_trained_on(tmp_path: Path) -> None:
     from imaging.phantoms import write_phantom_dataset
@@ -196,6 +213,10 @@ def test_tiny_study_writes_report_and_resumes(tmp_path: Path) -> None:
     assert (resolution_dir(cfg, "standard", 96) / "resolution.json").exists()
     assert "Hand-written findings." in (out / "report.md").read_text()
 
+    # Settings that shape the runs cannot change under the same name.
+    with pytest.raises(ValueError, match="epochs: 1 -> 2"):
+        run_study(dataclasses.replace(cfg, epochs=2))
+
     # The anti-aliasing axis reuses the finished standard runs and adds its comparison.
     run_study(dataclasses.replace(cfg, downsamples=("standard", "blurpool"), resolutions=(64,)))
     assert best.stat().st_mtime_ns == stamp
@@ -226,11 +247,16 @@ def test_hyper_parameter_search_per_resolution(tmp_path: Path) -> None:
 
 
 def test_cli_round_trip_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = _tiny(tmp_path, downsamples=("standard", "flc"), hpo_trials=2)
+    cfg = _tiny(tmp_path, downsamples=("standard", "flc"), hpo_trials=2, shift_ablation=False)
     argv = shlex.split(command_line(cfg))[1:]
     args = build_parser().parse_args(argv)
     assert config_from_args(args) == cfg
     assert main(["study", "--downsample", "maxpool"]) == 2
     assert "downsamples must be among" in capsys.readouterr().err
+    assert "--no-shift-ablation" in command_line(cfg)
     assert main(["study", "--report-only", "--runs-dir", str(tmp_path / "none")]) == 1
     assert "no finished runs" in capsys.readouterr().err
+    (tmp_path / "empty" / "phantom-compact").mkdir(parents=True)
+    empty = ["--runs-dir", str(tmp_path / "empty"), "--reports-dir", str(tmp_path / "r")]
+    assert main(["study", "--report-only", *empty]) == 1
+    assert "no finished resolution" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from training.statistics import (
     AurocCI,
     auroc_ci,
     bootstrap_ci,
+    difference_of_differences,
     holm,
     paired_delong,
     unpaired_difference_ci,
@@ -63,8 +64,9 @@ def _interval(estimate: tuple[float, float, float]) -> dict[str, float]:
 
 
 def _safe_auroc(labels: npt.NDArray[Any], logits: npt.NDArray[Any]) -> dict[str, Any] | None:
-    """AUROC CI, or None when a class has fewer than two cases."""
-    y = labels > 0.5
+    """AUROC CI, or None when a class has fewer than two known cases."""
+    known = ~np.isnan(labels)
+    y = labels[known] > 0.5
     if y.sum() < 2 or (~y).sum() < 2:
         return None
     return auroc_ci(labels, logits).to_dict()
@@ -122,17 +124,45 @@ def _paired_tables(
         ca, cb = runs[a], runs[b]
         if not np.array_equal(ca["image_ids"], cb["image_ids"]):
             raise ValueError(f"{label}: {a} and {b} were scored on different cases")
-        test = paired_delong(ca["labels"], cb["logits"], ca["logits"])  # b - a
-        tables["auroc"].append({"a": a, "b": b, "difference": test.difference,
-                                "z": test.statistic, "p": test.p_value})  # fmt: skip
+        row: dict[str, Any] = {"a": a, "b": b, "difference": math.nan, "z": math.nan,
+                               "p": math.nan}  # fmt: skip
+        if _safe_auroc(ca["labels"], ca["logits"]) is not None:  # two of each class
+            test = paired_delong(ca["labels"], cb["logits"], ca["logits"])  # b - a
+            row.update(difference=test.difference, z=test.statistic, p=test.p_value)
+        tables["auroc"].append(row)
         for metric in ("iou", "percent_in"):
-            w = wilcoxon_signed_rank(cb[f"loc.{metric}"], ca[f"loc.{metric}"])
-            tables[metric].append({"a": a, "b": b, "median_difference": w.difference,
+            w = wilcoxon_signed_rank(cb[f"loc.{metric}"], ca[f"loc.{metric}"])  # b - a
+            tables[metric].append({"a": a, "b": b, "mean_difference": w.difference,
                                    "statistic": w.statistic, "p": w.p_value, "n": w.n})  # fmt: skip
     for rows in tables.values():
         for row, adjusted in zip(rows, holm([r["p"] for r in rows]), strict=True):
             row["p_holm"] = adjusted
     return tables
+
+
+def _gap_change(by_res: dict[int, dict[str, Cases]]) -> dict[str, Any]:
+    """How the in/out gap changes from the lowest to the highest resolution, per external set.
+
+    ``gap(R) = AUROC_test(R) - AUROC_ext(R)``, so ``gap(hi) - gap(lo)`` equals the test set's
+    paired AUROC change minus the external set's; the two sets share no case, so the paired
+    DeLong variances add. Negative = the gap shrinks (the published finding).
+    """
+    if len(by_res) < 2:
+        return {}
+    lo, hi = min(by_res), max(by_res)
+    test_lo, test_hi = by_res[lo]["test"], by_res[hi]["test"]
+    if _safe_auroc(test_lo["labels"], test_lo["logits"]) is None:
+        return {}
+    inside = paired_delong(test_lo["labels"], test_hi["logits"], test_lo["logits"])
+    out: dict[str, Any] = {}
+    for name in (n for n in by_res[lo] if n != "test"):
+        ext_lo, ext_hi = by_res[lo][name], by_res[hi][name]
+        if _safe_auroc(ext_lo["labels"], ext_lo["logits"]) is None:
+            continue
+        outside = paired_delong(ext_lo["labels"], ext_hi["logits"], ext_lo["logits"])
+        d, low, high, p = difference_of_differences(inside, outside)
+        out[name] = {"from": lo, "to": hi, "difference": d, "low": low, "high": high, "p": p}
+    return out
 
 
 def analyse(cfg: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
@@ -142,7 +172,7 @@ def analyse(cfg: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
     for downsample in cfg.downsamples:
         for resolution in cfg.resolutions:
             path = root / downsample / str(resolution) / "cases.npz"
-            if path.exists():
+            if (path.parent / "resolution.json").exists():  # written last: finished
                 cases.setdefault(downsample, {})[resolution] = load_cases(path)
     seed, resamples = cfg.seed, cfg.bootstrap_resamples
     results: dict[str, Any] = {"runs": {}, "gaps": {}, "resolution_tests": {},
@@ -160,6 +190,9 @@ def analyse(cfg: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
                     continue
                 diff, low, high, p = unpaired_difference_ci(AurocCI(**inside), AurocCI(**outside))
                 gaps[name] = {"difference": diff, "low": low, "high": high, "p": p}
+        change = _gap_change(by_res)
+        if change:
+            results.setdefault("gap_change", {})[downsample] = change
         set_names = next(iter(by_res.values())).keys()
         results["resolution_tests"][downsample] = {
             name: _paired_tables({str(r): s[name] for r, s in by_res.items()},

@@ -27,6 +27,7 @@ _HELP = {
     "test_fraction": "patient-level in-distribution test hold-out of the development data",
     "epochs": "epochs per fold, the same at every resolution",
     "hpo_trials": "> 0: Optuna per resolution (fold 0), best parameters for every fold",
+    "shift_ablation": "generated phantoms: score each site-b factor alone (default: on)",
 }
 
 
@@ -52,6 +53,10 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kind, _ = flag_type(hint)
         flags = [flag, "--downsample"] if f.name == "downsamples" else [flag]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=_HELP.get(f.name))  # fmt: skip
+            continue
         parser.add_argument(*flags, dest=f.name, type=kind, default=default,
                             help=f"{_HELP.get(f.name, '')} (default: {shown})")  # fmt: skip
     parser.add_argument("--external", action="append", default=[], metavar="NAME=ROOT",
@@ -76,7 +81,15 @@ def run_study_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sharpcxr study: {exc}", file=sys.stderr)
         return 2
-    if args.report_only:
+    try:
+        return _run(cfg, report_only=args.report_only)
+    except ValueError as exc:  # mixed runs, changed cases: the message says what to do
+        print(f"sharpcxr study: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(cfg: StudyConfig, *, report_only: bool) -> int:
+    if report_only:
         from training.study.report import write_report
 
         if not cfg.run_dir.exists():

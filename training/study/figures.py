@@ -89,7 +89,8 @@ def gap_figure(results: dict[str, Any], out: Path, external: str = "site_b") -> 
             if external in gaps[d].get(str(r), {}):
                 values[i, j] = gaps[d][str(r)][external]["difference"]
     fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 2, 0.6 * len(rows) + 1.6))
-    image = ax.imshow(values, cmap="Reds", vmin=0.0, vmax=max(0.3, float(np.nanmax(values))))
+    limit = max(0.3, float(np.nanmax(np.abs(values))))  # diverging: a negative gap shows too
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not math.isnan(values[i, j]):

@@ -33,7 +33,9 @@ def command_line(cfg: StudyConfig) -> str:
         if value == base:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, tuple):
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, tuple):
             parts.append(f"{flag} {','.join(map(str, value))}")
         elif isinstance(value, dict):
             parts.extend(f"--external {k}={v}" for k, v in value.items())
@@ -119,11 +121,11 @@ def _localisation_table(runs: dict[str, Any]) -> list[str]:
 
 
 def _p_matrix(rows: list[dict[str, Any]], diff_key: str, title: str) -> list[str]:
-    """Upper triangle: p (Holm) with the difference (column minus row)."""
+    """Upper triangle: the difference (column minus row) and its Holm-adjusted p."""
     keys = list(dict.fromkeys([r["a"] for r in rows] + [r["b"] for r in rows]))
     cell = {(r["a"], r["b"]): r for r in rows}
     lines = [
-        f"*{title}*",
+        f"*{title}, column minus row, Holm-adjusted p*",
         "",
         "| | " + " | ".join(keys[1:]) + " |",
         "|---|" + "---|" * (len(keys) - 1),
@@ -132,24 +134,31 @@ def _p_matrix(rows: list[dict[str, Any]], diff_key: str, title: str) -> list[str
         row = [a]
         for b in keys[1:]:
             c = cell.get((a, b))
-            row.append(f"{c[diff_key]:+.3f}, p={_p(c['p_holm'])}" if c else "")
+            if c is None:
+                row.append("")
+            elif math.isfinite(c[diff_key]):
+                row.append(f"{c[diff_key]:+.3f}, p={_p(c['p_holm'])}")
+            else:
+                row.append("n/a")  # too few cases of a class, or nothing to localise
         lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
 
 
 def _published_checks(
-    runs: dict[str, Any], gaps: dict[str, Any], tests: dict[str, Any]
+    runs: dict[str, Any], gaps: dict[str, Any], tests: dict[str, Any], change: dict[str, Any]
 ) -> list[str]:
     """Plain statements: does this run show what the papers report (lowest vs highest R)?"""
     res = sorted(runs, key=int)
     lo, hi = res[0], res[-1]
+    if lo == hi:
+        return ["- One resolution only: nothing to compare."]
     lines = []
     for set_name, table in tests.items():
         row = next((r for r in table["auroc"] if r["a"] == lo and r["b"] == hi), None)
         if row:
             verdict = "rises" if row["difference"] > 0 and row["p_holm"] < 0.05 else (
                 "falls" if row["difference"] < 0 and row["p_holm"] < 0.05 else
-                "shows no significant change")  # fmt: skip
+                "shows no significant difference")  # fmt: skip
             lines.append(
                 f"- AUROC on **{set_name}** {verdict} from {lo} to {hi} px: "
                 f"{row['difference']:+.3f} (paired DeLong, Holm p={_p(row['p_holm'])})."
@@ -161,34 +170,34 @@ def _published_checks(
                 f"- Localisation on **{set_name}**, {lo} → {hi} px: mIoU "
                 f"{_f(loc_lo['miou']['value'])} → {_f(loc_hi['miou']['value'])}, %-IN "
                 f"{_f(loc_lo['percent_in']['value'], 1)} → {_f(loc_hi['percent_in']['value'], 1)}; "
-                f"per-case IoU median difference {iou['median_difference']:+.3f} (Wilcoxon, "
+                f"per-case IoU mean difference {iou['mean_difference']:+.3f} (Wilcoxon, "
                 f"Holm p={_p(iou['p_holm'])})."
             )
-    for ext in (k for k in gaps.get(lo, {})):
-        g_lo, g_hi = gaps[lo][ext], gaps.get(hi, {}).get(ext)
-        if g_hi:
-            change = "shrinks" if g_hi["difference"] < g_lo["difference"] else "does not shrink"
-            if g_hi["low"] <= g_lo["high"] and g_lo["low"] <= g_hi["high"]:
-                change += " (point estimates; the 95% CIs overlap)"
-            lines.append(
-                f"- The hold-out − {ext} gap {change}: {g_lo['difference']:+.3f} "
-                f"[{g_lo['low']:+.3f}, {g_lo['high']:+.3f}] at {lo} px, "
-                f"{g_hi['difference']:+.3f} [{g_hi['low']:+.3f}, {g_hi['high']:+.3f}] at {hi} px."
-            )
+    for ext, c in change.items():
+        g_lo, g_hi = gaps[lo][ext]["difference"], gaps[hi][ext]["difference"]
+        if c["p"] < 0.05:
+            verdict = "shrinks" if abs(g_hi) < abs(g_lo) else "grows"
+        else:
+            verdict = "shows no significant change"
+        lines.append(
+            f"- The hold-out − {ext} AUROC gap {verdict} from {lo} to {hi} px: {g_lo:+.3f} → "
+            f"{g_hi:+.3f}, change {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
+            f"(p={_p(c['p'])}; the papers report a shrinking gap)."
+        )
     return lines
 
 
 def _downsample_section(tests: dict[str, Any]) -> list[str]:
-    lines = ["| downsampling | resolution | set | ΔAUROC vs standard (p) | median ΔIoU (p) | "
-             "median Δ%-IN (p) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| downsampling | resolution | set | ΔAUROC vs standard (p) | mean ΔIoU (p) | "
+             "mean Δ%-IN (p) |", "|---|---|---|---|---|---|"]  # fmt: skip
     for downsample, by_res in tests.items():
         for r in sorted(by_res, key=int):
             for s, t in by_res[r].items():
                 a, i, p = t["auroc"][0], t["iou"][0], t["percent_in"][0]
                 lines.append(
                     f"| {downsample} | {r} px | {s} | {a['difference']:+.3f} "
-                    f"({_p(a['p'])}) | {i['median_difference']:+.3f} ({_p(i['p'])}) | "
-                    f"{p['median_difference']:+.1f} ({_p(p['p'])}) |"
+                    f"({_p(a['p'])}) | {i['mean_difference']:+.3f} ({_p(i['p'])}) | "
+                    f"{p['mean_difference']:+.1f} ({_p(p['p'])}) |"
                 )
     return lines
 
@@ -223,9 +232,11 @@ def _json_safe(value: Any) -> Any:
 
 def write_report(cfg: StudyConfig) -> Path:
     """Analyse what the runner finished and write ``results.json``, figures, ``report.md``."""
+    results = analyse(cfg)
+    if not results["runs"]:
+        raise ValueError(f"no finished resolution under {cfg.run_dir}: run the study first")
     out = cfg.report_dir
     out.mkdir(parents=True, exist_ok=True)
-    results = analyse(cfg)
     summaries: dict[str, dict[str, Any]] = {}
     for downsample in results["runs"]:
         for r in results["runs"][downsample]:
@@ -259,9 +270,11 @@ def _markdown(cfg: StudyConfig, doc: dict[str, Any], made: list[Path]) -> str:
         f"# Resolution study: {cfg.name}", "",
         f"Generated {doc['generated']} by `{doc['command']}`.", "",
         f"Machine: {env['platform']}, {env['cpu_count']} CPUs, device {env['device']}, "
-        f"torch {env['torch']}. Training and evaluation time: {seconds / 60:.1f} min.", "",
+        f"torch {env['torch']}. Training and evaluation time: {seconds / 60:.1f} min (each "
+        "resolution's last session).", "",
         "## Design", "",
-        f"- **Model:** {cfg.architecture} DenseNet, downsampling {', '.join(cfg.downsamples)}; "
+        f"- **Model:** architecture `{cfg.architecture}`, downsampling "
+        f"{', '.join(cfg.downsamples)}; "
         f"{cfg.folds}-fold patient-level cross-validation; each resolution's model is the "
         "ensemble of its folds (mean logit; mean of the folds' normalised Grad-CAMs).",
         f"- **Training, the same schedule at every resolution:** {cfg.epochs} epochs, batch "
@@ -273,7 +286,8 @@ def _markdown(cfg: StudyConfig, doc: dict[str, Any], made: list[Path]) -> str:
            f"lr {hp['lr']:g}, weight decay {hp['weight_decay']:g}, augmentation strength "
            f"{hp['augment_strength']:g}."),
         "- **Test sets:** " + "; ".join(f"`{k}`: {v['n']} images ({v['refused']} refused), "
-                                         f"{v['root']}" for k, v in first["sets"].items()) + ".",
+                                         f"`{Path(v['root']).name}`"
+                                         for k, v in first["sets"].items()) + ".",
         f"- **Statistics:** DeLong 95% CIs and paired DeLong tests (Sun & Xu); localisation "
         f"over positives with the service's saliency (threshold {cfg.saliency_threshold}), "
         f"bootstrap 95% CIs ({cfg.bootstrap_resamples} resamples), Wilcoxon signed-rank "
@@ -286,8 +300,9 @@ def _markdown(cfg: StudyConfig, doc: dict[str, Any], made: list[Path]) -> str:
     for downsample, runs in doc["runs"].items():
         lines.append(f"**{downsample}:**")
         checks = _published_checks(
-            runs, doc["gaps"].get(downsample, {}), doc["resolution_tests"][downsample]
-        )
+            runs, doc["gaps"].get(downsample, {}), doc["resolution_tests"][downsample],
+            doc.get("gap_change", {}).get(downsample, {}),
+        )  # fmt: skip
         lines += [*checks, ""]
     for downsample, runs in doc["runs"].items():
         lines += [f"## {downsample}: discrimination", ""]
@@ -302,9 +317,9 @@ def _markdown(cfg: StudyConfig, doc: dict[str, Any], made: list[Path]) -> str:
         lines += [f"## {downsample}: pairwise tests between resolutions", ""]
         for set_name, t in doc["resolution_tests"][downsample].items():
             lines += _p_matrix(t["auroc"], "difference", f"{set_name}: ΔAUROC (paired DeLong)")
-            lines += _p_matrix(t["iou"], "median_difference", f"{set_name}: median ΔIoU (Wilcoxon)")
-            lines += _p_matrix(t["percent_in"], "median_difference",
-                               f"{set_name}: median Δ%-IN (Wilcoxon)")  # fmt: skip
+            lines += _p_matrix(t["iou"], "mean_difference", f"{set_name}: mean ΔIoU (Wilcoxon)")
+            lines += _p_matrix(t["percent_in"], "mean_difference",
+                               f"{set_name}: mean Δ%-IN (Wilcoxon)")  # fmt: skip
     for downsample, by_res in doc.get("shift", {}).items():
         lines += [f"## {downsample}: which site-b factor costs what (shift ablation)", "",
                   "Site-a phantoms with one site-b acquisition factor each (same anatomy and "
