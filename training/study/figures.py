@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _errorbar(ax: Any, xs: list[int], cis: list[dict[str, Any] | None], **kw: Any) -> None:
+def _errorbar(ax: Any, xs: Sequence[float], cis: list[dict[str, Any] | None], **kw: Any) -> None:
     pts = [(x, c) for x, c in zip(xs, cis, strict=True) if c]
     if not pts:
         return
@@ -52,6 +53,11 @@ def _errorbar(ax: Any, xs: list[int], cis: list[dict[str, Any] | None], **kw: An
     lo = np.array([p[1]["low"] for p in pts])
     hi = np.array([p[1]["high"] for p in pts])
     ax.errorbar(x, y, yerr=[y - lo, hi - y], capsize=3, marker="o", **kw)
+
+
+def _dodge(xs: list[int], k: int, count: int) -> list[float]:
+    """Shift series ``k`` of ``count`` a little along the log axis so error bars stay apart."""
+    return [x * 2 ** ((k - (count - 1) / 2) * 0.06) for x in xs]
 
 
 def _log2_axis(ax: Any, resolutions: list[int]) -> None:
@@ -63,11 +69,12 @@ def _log2_axis(ax: Any, resolutions: list[int]) -> None:
 
 def auroc_figure(results: dict[str, Any], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for downsample, runs in results["runs"].items():
+    count = len(results["runs"])
+    for k, (downsample, runs) in enumerate(results["runs"].items()):
         res = _resolutions(runs)
         for set_name in runs[str(res[0])]:
             cis = [runs[str(r)][set_name]["auroc"] for r in res]
-            _errorbar(ax, res, cis, color=STYLES.get(downsample),
+            _errorbar(ax, _dodge(res, k, count), cis, color=STYLES.get(downsample),
                       linestyle="-" if set_name == "test" else "--",
                       label=f"{downsample}, {SET_LABELS.get(set_name, set_name)}")  # fmt: skip
         _log2_axis(ax, res)
@@ -106,11 +113,12 @@ def gap_figure(results: dict[str, Any], out: Path, external: str = "site_b") -> 
 def localisation_figure(results: dict[str, Any], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
     for ax, metric, label in ((axes[0], "miou", "mIoU"), (axes[1], "percent_in", "%-IN")):
-        for downsample, runs in results["runs"].items():
+        count = len(results["runs"])
+        for k, (downsample, runs) in enumerate(results["runs"].items()):
             res = _resolutions(runs)
             for set_name in runs[str(res[0])]:
                 cis = [runs[str(r)][set_name]["localisation"][metric] for r in res]
-                _errorbar(ax, res, cis, color=STYLES.get(downsample),
+                _errorbar(ax, _dodge(res, k, count), cis, color=STYLES.get(downsample),
                           linestyle="-" if set_name == "test" else "--",
                           label=f"{downsample}, {SET_LABELS.get(set_name, set_name)}")  # fmt: skip
             _log2_axis(ax, res)

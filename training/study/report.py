@@ -69,7 +69,8 @@ def _ci(d: dict[str, Any] | None, digits: int = 3, key: str = "auc") -> str:
 
 
 def _p(p: float) -> str:
-    return "—" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    """``p=0.123``, ``p<0.001`` or ``p n/a``."""
+    return "p n/a" if math.isnan(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
 
 
 def _discrimination_table(runs: dict[str, Any], gaps: dict[str, Any]) -> list[str]:
@@ -137,7 +138,7 @@ def _p_matrix(rows: list[dict[str, Any]], diff_key: str, title: str) -> list[str
             if c is None:
                 row.append("")
             elif math.isfinite(c[diff_key]):
-                row.append(f"{c[diff_key]:+.3f}, p={_p(c['p_holm'])}")
+                row.append(f"{c[diff_key]:+.3f}, {_p(c['p_holm'])}")
             else:
                 row.append("n/a")  # too few cases of a class, or nothing to localise
         lines.append("| " + " | ".join(row) + " |")
@@ -156,12 +157,13 @@ def _published_checks(
     for set_name, table in tests.items():
         row = next((r for r in table["auroc"] if r["a"] == lo and r["b"] == hi), None)
         if row:
-            verdict = "rises" if row["difference"] > 0 and row["p_holm"] < 0.05 else (
-                "falls" if row["difference"] < 0 and row["p_holm"] < 0.05 else
-                "shows no significant difference")  # fmt: skip
+            if row["p_holm"] < 0.05:
+                verdict = f"{'rises' if row['difference'] > 0 else 'falls'} from {lo} to {hi} px"
+            else:
+                verdict = f"shows no significant difference between {lo} and {hi} px"
             lines.append(
-                f"- AUROC on **{set_name}** {verdict} from {lo} to {hi} px: "
-                f"{row['difference']:+.3f} (paired DeLong, Holm p={_p(row['p_holm'])})."
+                f"- AUROC on **{set_name}** {verdict}: {row['difference']:+.3f} "
+                f"(paired DeLong, Holm {_p(row['p_holm'])})."
             )
         iou = next((r for r in table["iou"] if r["a"] == lo and r["b"] == hi), None)
         if iou:
@@ -171,7 +173,7 @@ def _published_checks(
                 f"{_f(loc_lo['miou']['value'])} → {_f(loc_hi['miou']['value'])}, %-IN "
                 f"{_f(loc_lo['percent_in']['value'], 1)} → {_f(loc_hi['percent_in']['value'], 1)}; "
                 f"per-case IoU mean difference {iou['mean_difference']:+.3f} (Wilcoxon, "
-                f"Holm p={_p(iou['p_holm'])})."
+                f"Holm {_p(iou['p_holm'])})."
             )
     for ext, c in change.items():
         g_lo, g_hi = gaps[lo][ext]["difference"], gaps[hi][ext]["difference"]
@@ -182,7 +184,7 @@ def _published_checks(
         lines.append(
             f"- The hold-out − {ext} AUROC gap {verdict} from {lo} to {hi} px: {g_lo:+.3f} → "
             f"{g_hi:+.3f}, change {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
-            f"(p={_p(c['p'])}; the papers report a shrinking gap)."
+            f"({_p(c['p'])}; the papers report a shrinking gap)."
         )
     return lines
 
@@ -212,7 +214,7 @@ def _shift_table(by_res: dict[str, Any]) -> list[str]:
             e = by_res[r][factor]
             text = _f(e["auroc"]["auc"])
             if "difference" in e:
-                text += f" ({e['difference']:+.3f}, p={_p(e['p'])})"
+                text += f" ({e['difference']:+.3f}, {_p(e['p'])})"
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     return lines
