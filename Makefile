@@ -49,10 +49,10 @@ models: install  ## build the demo models (compact DenseNet on phantoms, 256/512
 openapi: install  ## regenerate openapi/openapi.json from the app
 	$(RUN) python -m service.openapi openapi/openapi.json
 
-study: install  ## the CPU resolution study (compact, 64-512 px, 3 folds; ~30 min): reports/phantom-compact/
+study: install  ## the CPU resolution study (compact, 64-512 px, 3 folds; ~45 min): reports/phantom-compact/
 	$(RUN) sharpcxr study $(STUDY_ARGS)
 
-study-antialias: install  ## add blurpool and flc beside standard to the same study (reuses finished runs)
+study-antialias: install  ## add blurpool and flc beside standard to the same study (reuses finished runs; ~1 h)
 	$(RUN) sharpcxr study --downsamples standard,blurpool,flc $(STUDY_ARGS)
 
 loadtest: install  ## per-resolution cost sweep against a running service (make serve first; extra flags via LOADTEST_ARGS)
