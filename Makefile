@@ -53,7 +53,7 @@ study: install  ## the CPU resolution study (compact, 64-512 px, 3 folds; ~45 mi
 	$(RUN) sharpcxr study $(STUDY_ARGS)
 
 study-antialias: install  ## add blurpool and flc beside standard to the same study (reuses finished runs; ~1 h)
-	$(RUN) sharpcxr study --downsamples standard,blurpool,flc $(STUDY_ARGS)
+	$(RUN) sharpcxr study --downsamples standard,blurpool,flc --no-shift-ablation $(STUDY_ARGS)
 
 loadtest: install  ## per-resolution cost sweep against a running service (make serve first; extra flags via LOADTEST_ARGS)
 	$(RUN) python -m load_tests.sweep --url http://$(HOST):$(PORT) --out load_tests/results/sweep.json $(LOADTEST_ARGS)
