@@ -110,7 +110,11 @@ def delong(labels: npt.ArrayLike, scores: npt.ArrayLike) -> DelongResult:
 
 
 def auroc_ci(labels: npt.ArrayLike, scores: npt.ArrayLike, level: float = 0.95) -> AurocCI:
-    """AUROC with a DeLong ``level`` confidence interval (normal, clipped to [0, 1])."""
+    """AUROC with a DeLong ``level`` confidence interval (normal, clipped to [0, 1]).
+
+    Perfect separation has a DeLong variance of exactly 0, so the interval is [1, 1]: the
+    estimator's own degenerate answer, not certainty; read it with the case counts.
+    """
     result = delong(labels, scores)
     auc = float(result.aucs[0])
     se = math.sqrt(max(float(result.covariance[0, 0]), 0.0))

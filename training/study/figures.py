@@ -154,7 +154,7 @@ def saliency_grid(
     resolutions = sorted(cases_by_resolution)
     first = cases_by_resolution[resolutions[0]]
     positives = np.flatnonzero(first["labels"] > 0.5)
-    if positives.size == 0:
+    if positives.size == 0 or n_cases <= 0:
         return None
     sizes = first["sizes"][positives]
     order = positives[np.argsort(np.nan_to_num(sizes, nan=0.5), kind="stable")]
