@@ -283,10 +283,12 @@ def _markdown(cfg: StudyConfig, doc: dict[str, Any], made: list[Path]) -> str:
         f"{cfg.batch_size or 'as the protocol'}, AdamW, LR ÷10 after 2 epochs without "
         "validation-loss improvement, best epoch by validation AUROC; "
         + (f"lr, weight decay and augmentation searched per resolution ({cfg.hpo_trials} "
-           "Optuna trials on fold 0; values in results.json, training.*.hyper_parameters)."
+           "Optuna trials on fold 0; values in results.json, training.*.hyper_parameters)"
            if cfg.hpo_trials else
            f"lr {hp['lr']:g}, weight decay {hp['weight_decay']:g}, augmentation strength "
-           f"{hp['augment_strength']:g}."),
+           f"{hp['augment_strength']:g}")
+        + (f", tone-curve augmentation (gamma) {cfg.augment_gamma:g}." if cfg.augment_gamma
+           else "."),
         "- **Test sets:** " + "; ".join(f"`{k}`: {v['n']} images ({v['refused']} refused), "
                                          f"`{Path(v['root']).name}`"
                                          for k, v in first["sets"].items()) + ".",

@@ -168,7 +168,7 @@ def run_resolution(cfg: StudyConfig, downsample: str, resolution: int) -> dict[s
         "downsample": downsample, "resolution": resolution, "folds": folds,
         "hyper_parameters": {"lr": base.lr, "weight_decay": base.weight_decay,
                              "augment_strength": base.augment_strength,
-                             "searched": bool(params)},
+                             "augment_gamma": base.augment_gamma, "searched": bool(params)},
         "sets": {name: {"n": len(records), "refused": data.refused.get(name, 0),
                         "root": str(data.external_roots.get(name, data.development_root))}
                  for name, records in sets.items()},
@@ -202,9 +202,9 @@ def check_same_runs(cfg: StudyConfig) -> None:
 
 #: StudyConfig fields that may differ from the finished runs' (see check_same_runs)
 FREE_FIELDS = frozenset({
+    # Not the saliency or box thresholds: localisation is scored when a resolution finishes.
     "name", "reports_dir", "runs_dir", "resolutions", "downsamples", "device", "num_workers",
-    "saliency_threshold", "box_iou_threshold", "bootstrap_resamples", "grid_cases",
-    "shift_ablation",
+    "bootstrap_resamples", "grid_cases", "shift_ablation",
 })  # fmt: skip
 
 
