@@ -253,6 +253,10 @@ def test_cli_round_trip_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert config_from_args(args) == cfg
     assert main(["study", "--downsample", "maxpool"]) == 2
     assert "downsamples must be among" in capsys.readouterr().err
+    assert main(["study", "--external", "nih.v2=/data/nih"]) == 2
+    assert "external set names" in capsys.readouterr().err
+    assert main(["study", "--external", "/data/nih"]) == 2
+    assert "--external takes NAME=ROOT" in capsys.readouterr().err
     assert "--no-shift-ablation" in command_line(cfg)
     assert main(["study", "--report-only", "--runs-dir", str(tmp_path / "none")]) == 1
     assert "no finished runs" in capsys.readouterr().err

@@ -73,6 +73,14 @@ class StudyConfig:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.data_root is None and self.dataset != "phantoms":
             raise ValueError(f"dataset {self.dataset} needs --data-root")
+        bad_names = [
+            n
+            for n in self.external
+            if n == "test" or not n.replace("_", "").replace("-", "").isalnum()
+        ]
+        if bad_names:
+            raise ValueError(f"external set names must be letters, digits, _ or - and not "
+                             f"'test', got {bad_names}")  # fmt: skip
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
 
