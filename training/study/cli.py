@@ -60,7 +60,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*flags, dest=f.name, type=kind, default=default,
                             help=f"{_HELP.get(f.name, '')} (default: {shown})")  # fmt: skip
     parser.add_argument("--external", action="append", default=[], metavar="NAME=ROOT",
-                        help="an external (out-of-distribution) test set in the --dataset format; repeatable")  # fmt: skip
+                        help="an external (out-of-distribution) test set in the --dataset "
+                             "format; repeatable")  # fmt: skip
     parser.add_argument(
         "--report-only",
         action="store_true",
