@@ -55,6 +55,11 @@ def _errorbar(ax: Any, xs: Sequence[float], cis: list[dict[str, Any] | None], **
     ax.errorbar(x, y, yerr=[y - lo, hi - y], capsize=3, marker="o", **kw)
 
 
+def _all_resolutions(results: dict[str, Any]) -> list[int]:
+    """Every resolution of any downsampling (they need not all have the same ones)."""
+    return sorted({int(r) for runs in results["runs"].values() for r in runs})
+
+
 def _dodge(xs: list[int], k: int, count: int) -> list[float]:
     """Shift series ``k`` of ``count`` a little along the log axis so error bars stay apart."""
     return [x * 2 ** ((k - (count - 1) / 2) * 0.06) for x in xs]
@@ -77,7 +82,7 @@ def auroc_figure(results: dict[str, Any], out: Path) -> Path:
             _errorbar(ax, _dodge(res, k, count), cis, color=STYLES.get(downsample),
                       linestyle="-" if set_name == "test" else "--",
                       label=f"{downsample}, {SET_LABELS.get(set_name, set_name)}")  # fmt: skip
-        _log2_axis(ax, res)
+    _log2_axis(ax, _all_resolutions(results))
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_ylabel("AUROC (k-fold ensemble, DeLong 95% CI)")
     ax.legend(fontsize=7)
@@ -121,7 +126,7 @@ def localisation_figure(results: dict[str, Any], out: Path) -> Path:
                 _errorbar(ax, _dodge(res, k, count), cis, color=STYLES.get(downsample),
                           linestyle="-" if set_name == "test" else "--",
                           label=f"{downsample}, {SET_LABELS.get(set_name, set_name)}")  # fmt: skip
-            _log2_axis(ax, res)
+        _log2_axis(ax, _all_resolutions(results))
         ax.set_ylabel(f"{label} over positives (bootstrap 95% CI)")
     axes[0].legend(fontsize=7)
     return _save(fig, out / "localisation_vs_resolution.png")
