@@ -17,12 +17,11 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging.phantoms import write_phantom_dataset
+from imaging.phantoms import PhantomSetSpec, write_phantom_sets
 from training.config import TrainConfig
 from training.loop import train
 from training.publish import evaluate_checkpoint, publish
@@ -65,17 +64,8 @@ def write_sets(cfg: DemoConfig) -> dict[str, Path]:
         "test_site_a": ("a", cfg.n_test, cfg.seed + 1000),
         "test_site_b": ("b", cfg.n_test, cfg.seed + 2000),
     }
-    jobs = {}
-    with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-        for name, (site, n, seed) in sets.items():
-            root = data / name
-            if (root / "train-rle.csv").exists():
-                continue
-            jobs[name] = pool.submit(
-                write_phantom_dataset, root, n, site=site, size=cfg.native_size, seed=seed
-            )
-        for future in jobs.values():
-            future.result()
+    specs = [PhantomSetSpec(data / name, site, n, seed) for name, (site, n, seed) in sets.items()]
+    write_phantom_sets(specs, size=cfg.native_size, workers=cfg.workers)
     return {name: data / name for name in sets}
 
 

@@ -132,7 +132,7 @@ def publish(
     metrics = {"validation": {**state.get("val", {}), "data": "patient-level hold-out of "
                               f"{cfg.data_root} ({cfg.holdout_fraction:.0%})"},
                **state.get("metrics", {})}  # fmt: skip
-    metrics = _json_safe(metrics)  # a NaN AUROC (one class only) is null in strict JSON
+    metrics = json_safe(metrics)  # a NaN AUROC (one class only) is null in strict JSON
     use = intended_use or (SYNTHETIC_USE if cfg.dataset == "phantoms" else RESEARCH_USE)
     entry = manifest_entry(
         name=name,
@@ -160,12 +160,15 @@ def publish(
     return entry
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None, recursively."""
+def json_safe(value: Any) -> Any:
+    """``value`` for strict JSON, recursively: non-finite floats -> None, numpy scalars ->
+    Python numbers, tuples -> lists, dict keys -> str."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        value = value.item()  # numpy scalar
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -13,17 +13,25 @@ import logging
 
 from imaging.dicom_writer import NOT_WRITABLE, TRANSFER_SYNTAX_ALIASES, resolve_transfer_syntax
 from imaging.phantoms.acquisition import SITES, SiteProfile, site_profile
-from imaging.phantoms.dataset import Phantom, generate_phantom, write_phantom_dataset
+from imaging.phantoms.dataset import (
+    Phantom,
+    PhantomSetSpec,
+    generate_phantom,
+    write_phantom_dataset,
+    write_phantom_sets,
+)
 
 __all__ = [
     "SITES",
     "Phantom",
+    "PhantomSetSpec",
     "SiteProfile",
     "add_phantoms_arguments",
     "generate_phantom",
     "run_phantoms",
     "site_profile",
     "write_phantom_dataset",
+    "write_phantom_sets",
 ]
 
 logger = logging.getLogger(__name__)

@@ -273,3 +273,31 @@ def write_phantom_dataset(
     }
     (out / "phantoms.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return csv_path
+
+
+@dataclass(frozen=True)
+class PhantomSetSpec:
+    """One dataset for :func:`write_phantom_sets`: ``write_phantom_dataset(root, n, site,
+    size, seed, profile_overrides=overrides)``."""
+
+    root: Path
+    site: str
+    n: int
+    seed: int
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def write_phantom_sets(specs: list[PhantomSetSpec], size: int, workers: int = 2) -> None:
+    """Write every set of ``specs`` that is not already on disk (its ``train-rle.csv``,
+    written last, marks it complete), ``workers`` sets at a time in separate processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = [s for s in specs if not (Path(s.root) / "train-rle.csv").exists()]
+    if not todo:
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(write_phantom_dataset, s.root, s.n, site=s.site, size=size,
+                               seed=s.seed, profile_overrides=s.overrides or None)
+                   for s in todo]  # fmt: skip
+        for future in futures:
+            future.result()

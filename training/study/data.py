@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from imaging.phantoms import write_phantom_dataset
+from imaging.phantoms import PhantomSetSpec, write_phantom_sets
 from training.config import TrainConfig
 from training.data import load_records, split_test_set
 from training.datasets import PreprocessCache, Record
@@ -51,20 +50,14 @@ def phantom_roots(cfg: StudyConfig) -> tuple[Path, dict[str, Path]]:
             {"site_b": base / f"site-b-{cfg.phantoms_external}"})  # fmt: skip
 
 
-def write_phantom_sets(cfg: StudyConfig, workers: int = 2) -> tuple[Path, dict[str, Path]]:
+def write_study_phantoms(cfg: StudyConfig, workers: int = 2) -> tuple[Path, dict[str, Path]]:
     """Write (or reuse) the development and external phantom sets, in parallel."""
     development, external = phantom_roots(cfg)
-    jobs = [
-        (development, "a", cfg.phantoms_development, cfg.seed),
-        (external["site_b"], "b", cfg.phantoms_external, cfg.seed + EXTERNAL_SEED_OFFSET),
-    ]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(write_phantom_dataset, root, n, site=site,
-                               size=cfg.phantom_size, seed=seed)
-                   for root, site, n, seed in jobs
-                   if not (root / "train-rle.csv").exists()]  # fmt: skip
-        for future in futures:
-            future.result()
+    write_phantom_sets([
+        PhantomSetSpec(development, "a", cfg.phantoms_development, cfg.seed),
+        PhantomSetSpec(external["site_b"], "b", cfg.phantoms_external,
+                       cfg.seed + EXTERNAL_SEED_OFFSET),
+    ], size=cfg.phantom_size, workers=workers)  # fmt: skip
     return development, external
 
 
@@ -115,7 +108,7 @@ def load_records_for(
 def load_study_data(cfg: StudyConfig, resolution: int) -> StudyData:
     """The test sets usable at ``resolution`` (writing phantoms first when needed)."""
     if cfg.data_root is None:
-        development, external = write_phantom_sets(cfg)
+        development, external = write_study_phantoms(cfg)
     else:
         development, external = Path(cfg.data_root), {k: Path(v) for k, v in cfg.external.items()}
     base = train_config(cfg, development, resolution)

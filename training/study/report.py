@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from training.publish import json_safe
 from training.study import figures
 from training.study.analysis import SIZE_BANDS, analyse, load_cases
 from training.study.config import StudyConfig
@@ -220,18 +219,6 @@ def _shift_table(by_res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_report(cfg: StudyConfig) -> Path:
     """Analyse what the runner finished and write ``results.json``, figures, ``report.md``."""
     results = analyse(cfg)
@@ -247,7 +234,7 @@ def write_report(cfg: StudyConfig) -> Path:
     doc = {"study": cfg.to_dict(), "command": command_line(cfg),
            "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
            "environment": _environment(cfg), "training": summaries, **results}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(_json_safe(doc), indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(doc), indent=1) + "\n")
     made = [
         figures.auroc_figure(results, out),
         figures.gap_figure(results, out),

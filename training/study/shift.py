@@ -13,13 +13,12 @@ the imaging path normalises that away, so it must cost nothing. It is a pipeline
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imaging.phantoms import write_phantom_dataset
+from imaging.phantoms import PhantomSetSpec, write_phantom_sets
 from training.datasets import PreprocessCache
 from training.loop import load_checkpoint, model_from_checkpoint, resolve_device
 from training.statistics import auroc_ci, paired_delong
@@ -52,14 +51,10 @@ def shift_roots(cfg: StudyConfig) -> dict[str, Path]:
 
 def write_shift_sets(cfg: StudyConfig, workers: int = 2) -> dict[str, Path]:
     roots = shift_roots(cfg)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(write_phantom_dataset, root, cfg.phantoms_external, site="a",
-                               size=cfg.phantom_size, seed=cfg.seed + SHIFT_SEED_OFFSET,
-                               profile_overrides=SHIFT_FACTORS[name])
-                   for name, root in roots.items()
-                   if not (root / "train-rle.csv").exists()]  # fmt: skip
-        for future in futures:
-            future.result()
+    seed = cfg.seed + SHIFT_SEED_OFFSET
+    write_phantom_sets([PhantomSetSpec(root, "a", cfg.phantoms_external, seed, SHIFT_FACTORS[name])
+                        for name, root in roots.items()],
+                       size=cfg.phantom_size, workers=workers)  # fmt: skip
     return roots
 
 
