@@ -10,16 +10,17 @@ from __future__ import annotations
 import base64
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from benchmarks import bench_service as bs
 from benchmarks.bench_decode import BASELINE, phantom_bytes
 from imaging.saliency import decode_mask_png
+from training.architectures import build_model
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
@@ -164,11 +165,22 @@ def test_copy_demo_models(tmp_path: Path) -> None:
         assert (tmp_path / spec["path"]).is_file()
 
 
-@needs_demo_models
+def positive_cam_checkpoint(path: Path, resolution: int = 256) -> Path:
+    """An untrained compact model whose classifier weights are all positive, saved as a
+    training checkpoint: every feature counts as evidence, so its Grad-CAM is positive
+    wherever the features are, and a mask and boxes exist whatever the image (a trained
+    model may rightly find no evidence at all in a random phantom)."""
+    torch.manual_seed(0)
+    model = build_model("compact", "standard", 1)
+    with torch.no_grad():
+        model.classifier.weight.abs_()
+    config = {**model.config(), "resolution": resolution, "labels": ["Pneumothorax"]}
+    torch.save({"model_state": model.state_dict(), "model_config": config}, path)
+    return path
+
+
 def test_naive_peer_serves_a_dicom(tmp_path: Path) -> None:
-    # A copy of the checkpoint: a concurrent `make models` cannot swap it mid-test.
-    checkpoint = tmp_path / "peer.pt"
-    shutil.copy2(MODELS_DIR / "sharpcxr-demo-compact-256.pt", checkpoint)
+    checkpoint = positive_cam_checkpoint(tmp_path / "peer.pt")
     rows, columns = 300, 240
     data = phantom_bytes(rows, columns, BASELINE)
     env = {"NAIVE_PEER_CHECKPOINT": str(checkpoint)}

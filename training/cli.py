@@ -31,6 +31,10 @@ _HELP = {
     "batch_size": "default: 64 at 64 px, 12 at 1024 px, 16 otherwise",
     "gradient_checkpointing": "auto (on at >= 768 px) | on | off",
     "time_budget_s": "stop after the epoch that crosses this many seconds",
+    "keep": "best (by validation AUROC, the protocol) | last (the final epoch: best.pt is "
+    "then the last epoch's model)",
+    "lr_schedule": "plateau (the protocol) | cosine (warm-up, then decay to 0 at the end of "
+    "the time budget, else of max_epochs)",
 }
 
 

@@ -2,10 +2,12 @@
 
 ``train(config)`` loads the records, splits them by patient, builds the model and runs
 the protocol of :mod:`training.config`: AdamW, BCE, LR / 10 after ``lr_patience`` epochs
-without validation-loss improvement, early stop after ``early_stop_patience``, the best
-checkpoint by validation AUROC. Mixed precision and channels-last on CUDA, gradient
-checkpointing at high resolution, DistributedDataParallel under ``torchrun`` (one process
-per GPU; ``gloo`` on CPU), resumable from ``out_dir/last.pt``.
+without validation-loss improvement (or, with ``lr_schedule="cosine"``, warm-up then cosine
+decay over the run), early stop after ``early_stop_patience``, the best checkpoint by
+validation AUROC (or, with ``keep="last"``, the last). Mixed precision on CUDA,
+channels-last on CUDA and CPU, gradient checkpointing at high resolution,
+DistributedDataParallel under ``torchrun`` (one process per GPU; ``gloo`` on CPU),
+resumable from ``out_dir/last.pt``.
 
 Checkpoints (``best.pt``, ``last.pt``) are dicts that carry everything needed to rebuild,
 resume, evaluate and export: ``model_state``, ``model_config`` (``build_model`` kwargs +
@@ -90,8 +92,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> CXRClassifier:
-    """Rebuild the model of a checkpoint (eval mode, CPU)."""
+def model_from_checkpoint(state: dict[str, Any], *, channels_last: bool = False) -> CXRClassifier:
+    """Rebuild the model of a checkpoint (eval mode, CPU); ``channels_last`` for fast
+    inference in torch (see :func:`use_channels_last`), not for export."""
     config = dict(state["model_config"])
     model = build_model(
         architecture=config["architecture"],
@@ -99,6 +102,8 @@ def model_from_checkpoint(state: dict[str, Any]) -> CXRClassifier:
         num_classes=int(config["num_classes"]),
     )
     model.load_state_dict(state["model_state"])
+    if channels_last:
+        use_channels_last(model)
     return model.eval()
 
 
@@ -122,6 +127,27 @@ def _loader(
         generator=torch.Generator().manual_seed(seed),
         drop_last=shuffle and len(dataset) > batch_size,
     )
+
+
+def cosine_lr(base_lr: float, progress: float, warmup_fraction: float) -> float:
+    """Learning rate at ``progress`` in [0, 1] of a run: linear warm-up from 0 over the first
+    ``warmup_fraction``, then cosine decay to 0 at ``progress`` 1 (clamped beyond)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup_fraction:
+        return base_lr * progress / warmup_fraction
+    decay = (progress - warmup_fraction) / (1.0 - warmup_fraction)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
+def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Convert ``model``'s 4-d parameters to channels-last (NHWC) memory format, in place.
+
+    Inputs need no conversion: with one input channel NCHW and NHWC are the same bytes,
+    and a convolution with channels-last weights returns channels-last activations. On CPU
+    oneDNN then runs its NHWC kernels without layout reorders (see
+    ``benchmarks/results/training.md``); values agree with NCHW to float rounding.
+    """
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
 
 
 def _better(auroc: float, loss: float, best_auroc: float, best_loss: float) -> bool:
@@ -180,12 +206,17 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
     model.set_gradient_checkpointing(cfg.checkpointing_enabled())
     model.to(device)
     use_cuda_extras = device.type == "cuda"
-    if cfg.channels_last and use_cuda_extras:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if cfg.channels_last:
+        use_channels_last(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
     )
+    cosine = cfg.lr_schedule == "cosine"
+    steps_per_epoch = len(train_loader)
+    if cfg.max_train_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
+    total_steps = max(1, cfg.max_epochs * steps_per_epoch)
     amp = cfg.amp and use_cuda_extras
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     net: torch.nn.Module = (
@@ -216,6 +247,18 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
     def over_budget() -> bool:
         return cfg.time_budget_s is not None and time.monotonic() - started > cfg.time_budget_s
 
+    first_step_at: float | None = None
+
+    def run_progress(global_step: int) -> float:
+        """Fraction of the run done: of max_epochs' steps, or of the time budget left at
+        the first step (data loading excluded) when that is further along. Under DDP only
+        the steps count: ranks' clocks differ, and they must all use the same LR."""
+        progress = global_step / total_steps
+        if cfg.time_budget_s is not None and first_step_at is not None and world == 1:
+            span = max(1e-9, cfg.time_budget_s - (first_step_at - started))
+            progress = max(progress, (time.monotonic() - first_step_at) / span)
+        return progress
+
     stopped = "max_epochs"
     epochs_run = 0
     for epoch in range(start_epoch, cfg.max_epochs):
@@ -237,9 +280,14 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
             # Under DDP only rank 0's end-of-epoch decision counts, to keep ranks in step.
             if world == 1 and step > 0 and over_budget():
                 break
+            if cosine:
+                if first_step_at is None:
+                    first_step_at = time.monotonic()
+                lr_now = cosine_lr(cfg.lr, run_progress(epoch * steps_per_epoch + step),
+                                   cfg.warmup_fraction)  # fmt: skip
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_now
             images = item["image"].to(device, non_blocking=True)
-            if cfg.channels_last and use_cuda_extras:
-                images = images.contiguous(memory_format=torch.channels_last)
             target = item["label"].to(device)
             known = ~torch.isnan(target)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -261,9 +309,10 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
         if val is not None:
             val_auroc = mean_auroc(val)
             stats.update(val_loss=val.loss, val_auroc=val_auroc, lr=optimizer.param_groups[0]["lr"])
-            scheduler.step(val.loss)
+            if not cosine:
+                scheduler.step(val.loss)
             bad_epochs = 0 if val.loss < best_loss - 1e-6 else bad_epochs + 1
-            if _better(val_auroc, val.loss, best_auroc, best_loss):
+            if cfg.keep == "last" or _better(val_auroc, val.loss, best_auroc, best_loss):
                 best_auroc, best_epoch = val_auroc, epoch
                 threshold = youden_threshold(val.labels[:, 0], val.probabilities[:, 0])
                 save_checkpoint(best_path, {
@@ -300,7 +349,7 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
             )
             dist.broadcast(shared, src=0)
             bad_epochs = int(shared[1].item())
-            if not is_main:
+            if not is_main and not cosine:
                 scheduler.step(float(shared[0].item()))
             budget_spent = bool(shared[2].item())
         else:

@@ -46,7 +46,7 @@ def evaluate_checkpoint(path: Path, test_roots: dict[str, str]) -> dict[str, Any
     """Evaluate ``path`` on each named test root; store and return the metrics."""
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["train_config"])
-    model = model_from_checkpoint(state)
+    model = model_from_checkpoint(state, channels_last=True)
     device = resolve_device(cfg.device)
     model.to(device)
     cache = PreprocessCache(Path(cfg.cache_dir) if cfg.cache_dir else None)

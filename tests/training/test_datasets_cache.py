@@ -117,6 +117,28 @@ def test_prefill_in_parallel_then_no_decodes(
     assert decode_calls == [] and cache.stats["disk_hits"] == 6
 
 
+def test_prefill_several_resolutions_decodes_each_file_once(
+    phantoms: list[Record], tmp_path: Path, decode_calls: list[Path]
+) -> None:
+    report = prefill_cache(phantoms, (R, 2 * R), tmp_path / "c", workers=0)
+    assert (report.decoded, report.cached) == (6, 0)
+    assert sorted(decode_calls) == sorted(r.path for r in phantoms)  # once per file
+    # A third resolution decodes again once; the two cached ones are not recomputed.
+    decode_calls.clear()
+    again = prefill_cache(phantoms[:2], (R, 2 * R, 4 * R), tmp_path / "c", workers=0)
+    assert (again.decoded, again.cached) == (2, 0) and len(decode_calls) == 2
+    decode_calls.clear()
+    for resolution in (R, 2 * R, 4 * R):
+        cache = PreprocessCache(tmp_path / "c")
+        ds = CXRDataset(phantoms[:2], resolution, cache=cache)
+        items = [ds[i] for i in range(len(ds))]
+        assert cache.stats["disk_hits"] == 2 and items[0]["image"].shape[-1] == resolution
+        # The same bytes as a direct decode at that resolution.
+        direct = CXRDataset(phantoms[:1], resolution)[0]["image"]
+        torch.testing.assert_close(items[0]["image"], direct, atol=0, rtol=0)
+    assert len(decode_calls) == 3  # only the direct decodes above
+
+
 def test_memory_limit_stops_filling(phantoms: list[Record], decode_calls: list[Path]) -> None:
     cache = PreprocessCache(memory_limit_bytes=2 * R * R * 2)  # room for two float16 inputs
     ds = CXRDataset(phantoms, R, cache=cache)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -15,8 +16,15 @@ import pytest
 import torch
 
 from imaging.phantoms import write_phantom_dataset
+from training.architectures import build_model
 from training.config import TrainConfig, default_batch_size
-from training.loop import load_checkpoint, train
+from training.loop import (
+    cosine_lr,
+    load_checkpoint,
+    model_from_checkpoint,
+    train,
+    use_channels_last,
+)
 from training.publish import evaluate_checkpoint, publish
 
 
@@ -49,6 +57,64 @@ def test_protocol_defaults() -> None:
     assert not TrainConfig(resolution=512).checkpointing_enabled()
     with pytest.raises(ValueError, match="dataset"):
         TrainConfig(dataset="mnist").validate()
+    assert (cfg.lr_schedule, cfg.keep) == ("plateau", "best")  # the protocol; the rest is opt-in
+    with pytest.raises(ValueError, match="keep must be"):
+        TrainConfig(keep="first").validate()
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step").validate()
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        TrainConfig(lr_schedule="cosine", warmup_fraction=1.0).validate()
+
+
+def test_cosine_lr_warms_up_then_decays_to_zero() -> None:
+    assert cosine_lr(1e-3, 0.0, 0.1) == 0.0
+    assert cosine_lr(1e-3, 0.05, 0.1) == pytest.approx(5e-4)  # half-way through warm-up
+    assert cosine_lr(1e-3, 0.1, 0.1) == pytest.approx(1e-3)  # the peak
+    assert cosine_lr(1e-3, 0.55, 0.1) == pytest.approx(5e-4)  # half-way through the decay
+    assert cosine_lr(1e-3, 1.0, 0.1) == pytest.approx(0.0, abs=1e-15)
+    assert cosine_lr(1e-3, 1.7, 0.1) == pytest.approx(0.0, abs=1e-15)  # clamped past the end
+    assert cosine_lr(1e-3, 0.0, 0.0) == pytest.approx(1e-3)  # no warm-up: start at the peak
+    lrs = [cosine_lr(1.0, p / 100, 0.05) for p in range(5, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))  # monotone after warm-up
+
+
+def test_cosine_schedule_in_training_follows_steps(
+    phantom_roots: dict[str, Path], tmp_path: Path
+) -> None:
+    # 2 epochs x 2 steps, no time budget: the run's progress is counted in steps.
+    cfg = tiny_config(phantom_roots, tmp_path / "cosine", lr=1e-3, lr_schedule="cosine",
+                      warmup_fraction=0.25, max_train_batches=2)  # fmt: skip
+    history = train(cfg).history
+    # The recorded LR is that of each epoch's last step: global steps 1 and 3 of 4.
+    assert history[0]["lr"] == pytest.approx(cosine_lr(1e-3, 1 / 4, 0.25))  # the peak
+    assert history[1]["lr"] == pytest.approx(cosine_lr(1e-3, 3 / 4, 0.25))
+    assert history[1]["lr"] < history[0]["lr"]
+    # No ReduceLROnPlateau involvement: the plateau run keeps its LR after 2 epochs.
+    plateau = train(tiny_config(phantom_roots, tmp_path / "plateau", lr=1e-3,
+                                max_train_batches=2)).history  # fmt: skip
+    assert [h["lr"] for h in plateau] == [1e-3, 1e-3]
+
+
+def test_channels_last_model_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    model = build_model("compact", "standard").eval()
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+        fast = use_channels_last(model)
+        assert fast.features.conv0.weight.is_contiguous(memory_format=torch.channels_last)
+        assert fast.features.denseblock1.denselayer1.conv2.weight.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        torch.testing.assert_close(fast(x), expected, atol=1e-5, rtol=1e-5)
+    # A channels-last state dict rebuilds into either format.
+    state = {"model_state": fast.state_dict(),
+             "model_config": {"architecture": "compact", "downsample": "standard",
+                              "num_classes": 1}}  # fmt: skip
+    with torch.no_grad():
+        for channels_last in (False, True):
+            rebuilt = model_from_checkpoint(state, channels_last=channels_last)
+            torch.testing.assert_close(rebuilt(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_train_resume_evaluate_export(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
@@ -176,3 +242,14 @@ def test_early_stop_after_patience_epochs_without_improvement(
                       max_train_batches=0, augment_strength=0.0)  # fmt: skip
     result = train(cfg)
     assert result.stopped_because == "early_stop" and result.epochs_run == 3
+
+
+def test_keep_last_keeps_the_final_epoch(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
+    # No training steps: every epoch validates the same model, so "best" (strictly better
+    # AUROC) stays at epoch 0, while "last" keeps the final epoch.
+    for keep, expected in (("best", 0), ("last", 2)):
+        cfg = tiny_config(phantom_roots, tmp_path / keep, max_epochs=3, max_train_batches=0,
+                          augment_strength=0.0, keep=keep)  # fmt: skip
+        result = train(cfg)
+        assert result.best_epoch == expected
+        assert load_checkpoint(result.best_checkpoint)["epoch"] == expected

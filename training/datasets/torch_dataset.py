@@ -80,10 +80,16 @@ def decode_model_input(path: Path, resolution: int) -> tuple[npt.NDArray[np.floa
 
     Raises ``ImagingError`` for files the imaging path refuses.
     """
-    pixels = _records.read_display_pixels(path)
-    model_input = preprocess(pixels, resolution)
+    return _model_input(_records.read_display_pixels(path), resolution)
+
+
+def _model_input(
+    pixels: npt.NDArray[np.float32], resolution: int
+) -> tuple[npt.NDArray[np.float16], int, int]:
+    """Display pixels float32 ``(rows, columns)`` in [0, 1] -> the cache entry at ``resolution``."""
     rows, columns = pixels.shape
-    return model_input.image.astype(np.float16), int(rows), int(columns)
+    image = preprocess(pixels, resolution).image.astype(np.float16)
+    return image, int(rows), int(columns)
 
 
 class PreprocessCache:
@@ -206,6 +212,40 @@ class PreprocessCache:
         geometry = LetterboxGeometry.fit(rows, columns, resolution)
         return CachedInput(image=image.astype(np.float32), geometry=geometry)
 
+    def fill(self, record: Record, resolutions: Sequence[int]) -> int:
+        """Put ``record``'s model inputs at every one of ``resolutions`` in the cache,
+        decoding the file at most once; returns how many inputs were computed (0: all
+        were cached). Raises ``ImagingError`` (and leaves the refusal markers) if refused.
+        """
+        missing: list[tuple[int, str]] = []
+        for resolution in dict.fromkeys(int(r) for r in resolutions):
+            key = self.key(record.path, resolution)
+            if self.directory is not None and self._file(key, ".refused").exists():
+                self._bump("refused")
+                raise RefusedBeforeError(self._file(key, ".refused").read_text().strip())
+            cached = key in self._items if self._use_memory() else False
+            if not cached and (self.directory is None or not self._file(key).exists()):
+                missing.append((resolution, key))
+        if not missing:
+            return 0
+        try:
+            pixels = _records.read_display_pixels(record.path)
+        except ImagingError as exc:
+            self._bump("refused")
+            for _, key in missing:
+                if self.directory is not None:
+                    marker = self._file(key, ".refused")
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(f"{exc.code}\n")
+            raise
+        for resolution, key in missing:
+            entry = _model_input(pixels, resolution)
+            self._bump("decoded")
+            if self.directory is not None:
+                self._write_disk(key, entry)
+            self._remember(key, entry)
+        return len(missing)
+
 
 # ------------------------------------------------------------------------ prefill
 @dataclass
@@ -222,28 +262,30 @@ def _single_threaded() -> None:
     cv2.setNumThreads(1)
 
 
-def _prefill_one(args: tuple[str, str, str, int]) -> tuple[str, str]:
-    path, image_id, directory, resolution = args
+def _prefill_one(args: tuple[str, str, str, tuple[int, ...]]) -> tuple[str, str]:
+    path, image_id, directory, resolutions = args
     cache = PreprocessCache(directory, memory=False)
     record = Record(image_id=image_id, path=Path(path), labels=np.zeros(0, np.float32),
                     patient_id=None)  # fmt: skip
     try:
-        cache.get(record, resolution)
+        computed = cache.fill(record, resolutions)
     except ImagingError:
         return image_id, "refused"
-    return image_id, "decoded" if cache.stats["decoded"] else "cached"
+    return image_id, "decoded" if computed else "cached"
 
 
 def prefill_cache(
     records: Sequence[Record],
-    resolution: int,
+    resolution: int | Sequence[int],
     directory: Path | str,
     *,
     workers: int | None = None,
     chunksize: int = 4,
     mp_context: str | None = None,
 ) -> PrefillReport:
-    """Fill the disk cache ``directory`` for ``records`` at ``resolution`` with a process pool.
+    """Fill the disk cache ``directory`` for ``records`` at ``resolution`` (one or several:
+    each file is decoded once for all of them) with a process pool. ``decoded`` counts the
+    images that needed any decoding, ``cached`` those already cached at every resolution.
 
     ``workers`` default: the CPU count; 0 decodes in this process. ``mp_context`` default:
     ``forkserver`` where available, else ``spawn``: never ``fork``, because a forked child of
@@ -255,7 +297,8 @@ def prefill_cache(
     """
     report = PrefillReport(total=len(records))
     Path(directory).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(r.path), r.image_id, str(directory), int(resolution)) for r in records]
+    resolutions = (resolution,) if isinstance(resolution, int) else tuple(resolution)
+    jobs = [(str(r.path), r.image_id, str(directory), resolutions) for r in records]
     if not jobs:
         return report
     if workers == 0:
@@ -267,7 +310,7 @@ def prefill_cache(
         context = multiprocessing.get_context(method)
         with ProcessPoolExecutor(n, mp_context=context, initializer=_single_threaded) as pool:
             _tally(pool.map(_prefill_one, jobs, chunksize=chunksize), report)
-    logger.info("prefill %dpx: %d decoded, %d already cached, %d refused", resolution,
+    logger.info("prefill %s px: %d decoded, %d already cached, %d refused", resolutions,
                 report.decoded, report.cached, len(report.refused))  # fmt: skip
     return report
 

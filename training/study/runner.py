@@ -132,7 +132,7 @@ def run_resolution(cfg: StudyConfig, downsample: str, resolution: int) -> dict[s
         if not inference_path.exists():  # the fold's last file: its existence marks it done
             result = train(dataclasses.replace(base, fold=fold, out_dir=str(fold_dir)))
             state = load_checkpoint(result.best_checkpoint)
-            model = model_from_checkpoint(state).to(device)
+            model = model_from_checkpoint(state, channels_last=True).to(device)
             _write_json(fold_dir / "fold.json", {
                 "fold": fold, "best_val_auroc": result.best_val_auroc,
                 "best_epoch": result.best_epoch, "epochs_run_this_session": result.epochs_run,

@@ -67,8 +67,8 @@ def run_shift(cfg: StudyConfig, downsample: str, resolution: int, run: Path) -> 
     base = train_config(cfg, Path(cfg.data_dir), resolution)
     cache = PreprocessCache(Path(base.cache_dir) if base.cache_dir else None)
     device = resolve_device(cfg.device)
-    models = [model_from_checkpoint(load_checkpoint(run / f"fold-{k}" / "best.pt")).to(device)
-              for k in range(cfg.folds)]  # fmt: skip
+    checkpoints = [load_checkpoint(run / f"fold-{k}" / "best.pt") for k in range(cfg.folds)]
+    models = [model_from_checkpoint(c, channels_last=True).to(device) for c in checkpoints]
     arrays: dict[str, Any] = {}
     for i, (name, root) in enumerate(roots.items()):
         records = load_records_for(base, root, resolution, cache)
