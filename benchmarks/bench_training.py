@@ -14,13 +14,15 @@ machines are shared and noisy, so ratios travel better than absolute numbers):
 
    Memory format: ``contiguous`` is torch's default NCHW; ``channels_last`` converts the
    model (``model.to(memory_format=torch.channels_last)``) and the input batch
-   (``images.contiguous(memory_format=torch.channels_last)``) before the warm-up step, as
-   the training loop does. On CPU, oneDNN's convolution kernels work on blocked / NHWC
-   layouts: NCHW tensors are reordered into them and back around every convolution (and
-   again in backward), while channels-last activations feed them directly. DenseNet's
-   many small convolutions and concatenations make those reorders a large share of the
-   step, hence the measured speed-up (on a 2-core AVX2 EPYC: 1.3x at 256 px, 1.8x at
-   1024 px). Each row records ``features_channels_last``, whether the feature map really
+   (``images.contiguous(memory_format=torch.channels_last)``, a no-op for one channel,
+   which is why the training loop converts only the model) before the warm-up step. On
+   CPU, oneDNN's convolution kernels work on blocked / NHWC layouts: NCHW tensors are
+   reordered into them and back around every convolution (and again in backward), while
+   channels-last activations feed them directly. DenseNet's many small convolutions and
+   concatenations make those reorders a large share of the step, hence the measured
+   speed-up (on a 2-core AVX2 EPYC, checkpointing off: 1.2-1.5x for DenseNet-121 and
+   1.3-1.8x for the compact model from 256 px up). Each row records
+   ``features_channels_last``, whether the feature map really
    came out channels-last in the warm-up step, so a format that silently fell back to
    NCHW shows up in the results.
 

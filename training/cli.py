@@ -33,8 +33,9 @@ _HELP = {
     "time_budget_s": "stop after the epoch that crosses this many seconds",
     "keep": "best (by validation AUROC, the protocol) | last (the final epoch: best.pt is "
     "then the last epoch's model)",
+    "warmup_fraction": "cosine schedule: the share of the run spent warming up",
     "lr_schedule": "plateau (the protocol) | cosine (warm-up, then decay to 0 at the end of "
-    "the time budget, else of max_epochs)",
+    "the time budget, else of max_epochs; under torchrun max_epochs only)",
 }
 
 

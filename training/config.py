@@ -58,11 +58,13 @@ class TrainConfig:
     max_epochs: int = 100
     lr_schedule: str = "plateau"  # plateau (the protocol, above) | cosine: linear warm-up over
     # warmup_fraction of the run, then cosine decay to 0 at its end: the end of the time
-    # budget when one is set, else max_epochs (budgeted training, e.g. `make models`)
+    # budget when one is set, else max_epochs (budgeted training, e.g. `make models`; under
+    # torchrun only max_epochs; see training.schedule)
     warmup_fraction: float = 0.05
     keep: str = "best"  # best: the checkpoint of the best validation AUROC (the protocol) |
     # last: the final epoch's (with a cosine schedule the annealed end; a 96-image
-    # validation AUROC picks an early epoch by noise)
+    # validation AUROC picks an early epoch by noise). Early stopping still applies: raise
+    # early_stop_patience if the run must reach the end of its schedule.
     batch_size: int | None = None  # None: default_batch_size(resolution)
     augment_strength: float = 1.0  # 0 = no augmentation; scales rotation/scale/intensity
     augment_gamma: float = 0.0  # > 0: also a tone-curve change display ** g, |log g| <=
@@ -71,7 +73,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision (CUDA only)
-    channels_last: bool = True  # CUDA and CPU (oneDNN trains 1.2-1.8x faster in it on CPU)
+    channels_last: bool = True  # CUDA and CPU (on CPU oneDNN trains 1.2-1.8x faster from 256 px)
     gradient_checkpointing: str = "auto"  # auto (on at >= 768 px) | on | off
     num_workers: int = 2
     out_dir: str = "runs/run"

@@ -38,6 +38,7 @@ from training.config import TrainConfig
 from training.data import label_names, load_records, split_records
 from training.datasets import Augment, CXRDataset, PreprocessCache
 from training.evaluate import Predictions, mean_auroc, predict, youden_threshold
+from training.schedule import CosineSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +130,6 @@ def _loader(
     )
 
 
-def cosine_lr(base_lr: float, progress: float, warmup_fraction: float) -> float:
-    """Learning rate at ``progress`` in [0, 1] of a run: linear warm-up from 0 over the first
-    ``warmup_fraction``, then cosine decay to 0 at ``progress`` 1 (clamped beyond)."""
-    progress = min(max(progress, 0.0), 1.0)
-    if progress < warmup_fraction:
-        return base_lr * progress / warmup_fraction
-    decay = (progress - warmup_fraction) / (1.0 - warmup_fraction)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * decay))
-
-
 def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """Convert ``model``'s 4-d parameters to channels-last (NHWC) memory format, in place.
 
@@ -213,10 +204,13 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
     )
     cosine = cfg.lr_schedule == "cosine"
+    if cosine and world > 1 and cfg.time_budget_s is not None:
+        # Ranks' clocks differ and must not steer their LRs apart; steps agree everywhere.
+        raise ValueError("under torchrun the cosine schedule is sized by --max-epochs; "
+                         "drop --time-budget-s or use --lr-schedule plateau")  # fmt: skip
     steps_per_epoch = len(train_loader)
     if cfg.max_train_batches is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
-    total_steps = max(1, cfg.max_epochs * steps_per_epoch)
     amp = cfg.amp and use_cuda_extras
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     net: torch.nn.Module = (
@@ -227,6 +221,7 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
 
     # ---- resume
     start_epoch, best_auroc, best_loss, bad_epochs = 0, math.nan, math.inf, 0
+    resumed_progress = 0.0
     best_epoch, threshold = -1, 0.5
     history: list[dict[str, float]] = []
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -239,6 +234,7 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
         best_auroc, best_loss = state["best_val_auroc"], state["best_val_loss"]
         bad_epochs, best_epoch = state["bad_epochs"], state["best_epoch"]
         threshold, history = state["threshold"], state["history"]
+        resumed_progress = float(state.get("schedule", {}).get("progress", 0.0))
         if is_main:
             logger.info("resumed", extra={"epoch": start_epoch, "from": str(last_path)})
 
@@ -247,17 +243,8 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
     def over_budget() -> bool:
         return cfg.time_budget_s is not None and time.monotonic() - started > cfg.time_budget_s
 
-    first_step_at: float | None = None
-
-    def run_progress(global_step: int) -> float:
-        """Fraction of the run done: of max_epochs' steps, or of the time budget left at
-        the first step (data loading excluded) when that is further along. Under DDP only
-        the steps count: ranks' clocks differ, and they must all use the same LR."""
-        progress = global_step / total_steps
-        if cfg.time_budget_s is not None and first_step_at is not None and world == 1:
-            span = max(1e-9, cfg.time_budget_s - (first_step_at - started))
-            progress = max(progress, (time.monotonic() - first_step_at) / span)
-        return progress
+    schedule = CosineSchedule(cfg.lr, cfg.warmup_fraction, cfg.max_epochs * steps_per_epoch,
+                              cfg.time_budget_s, started, resumed_progress)  # fmt: skip
 
     stopped = "max_epochs"
     epochs_run = 0
@@ -281,10 +268,7 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
             if world == 1 and step > 0 and over_budget():
                 break
             if cosine:
-                if first_step_at is None:
-                    first_step_at = time.monotonic()
-                lr_now = cosine_lr(cfg.lr, run_progress(epoch * steps_per_epoch + step),
-                                   cfg.warmup_fraction)  # fmt: skip
+                lr_now = schedule.lr(epoch * steps_per_epoch + step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_now
             images = item["image"].to(device, non_blocking=True)
@@ -326,7 +310,8 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
                 "model_state": model.state_dict(), "model_config": model_config,
                 "train_config": cfg.to_dict(), "epoch": epoch,
                 "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(), "best_val_auroc": best_auroc,
+                "scheduler_state": scheduler.state_dict(), "schedule": schedule.state(),
+                "best_val_auroc": best_auroc,
                 "best_val_loss": best_loss, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
                 "threshold": threshold, "history": history,
             })  # fmt: skip

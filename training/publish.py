@@ -42,6 +42,18 @@ RESEARCH_USE = (
 )
 
 
+def protocol_summary(cfg: TrainConfig) -> str:
+    """One line on how the model was trained: the protocol or what departs from it."""
+    schedule = "LR/10 on plateau" if cfg.lr_schedule == "plateau" else "cosine LR schedule"
+    kept = "best validation AUROC kept" if cfg.keep == "best" else "last epoch kept"
+    base = (
+        "Wollek et al."
+        if (cfg.lr_schedule, cfg.keep) == ("plateau", "best")
+        else ("Wollek et al. with departures")
+    )
+    return f"{base} (BCE, AdamW, {schedule}, early stop, {kept}), see config"
+
+
 def evaluate_checkpoint(path: Path, test_roots: dict[str, str]) -> dict[str, Any]:
     """Evaluate ``path`` on each named test root; store and return the metrics."""
     state = load_checkpoint(path)
@@ -148,7 +160,7 @@ def publish(
         training={
             "data": cfg.data_root,
             "dataset": cfg.dataset,
-            "protocol": "Wollek et al. (BCE, AdamW, LR/10 on plateau, early stop), see config",
+            "protocol": protocol_summary(cfg),
             "seed": cfg.seed,
             "best_epoch": int(state["epoch"]),
             "config": cfg.to_dict(),

@@ -13,11 +13,13 @@ import torch
 
 from imaging.dicom import read_dicom
 from imaging.dicom_writer import write_dicom
+from imaging.errors import ImagingError
 from imaging.phantoms import write_phantom_dataset
 from imaging.preprocess import preprocess
 from training.datasets import CXRDataset, PreprocessCache, load_phantoms, prefill_cache
 from training.datasets import records as records_module
 from training.datasets.records import Record
+from training.datasets.torch_dataset import RefusedBeforeError
 
 R = 64
 
@@ -137,6 +139,29 @@ def test_prefill_several_resolutions_decodes_each_file_once(
         direct = CXRDataset(phantoms[:1], resolution)[0]["image"]
         torch.testing.assert_close(items[0]["image"], direct, atol=0, rtol=0)
     assert len(decode_calls) == 3  # only the direct decodes above
+
+
+def test_fill_marks_refusals_and_repairs_unreadable_entries(
+    phantoms: list[Record], tmp_path: Path, decode_calls: list[Path]
+) -> None:
+    bad_path = tmp_path / "bad.dcm"
+    bad_path.write_bytes(b"garbage" * 20)
+    bad = Record("bad-image", bad_path, np.zeros(1, np.float32), None)
+    cache = PreprocessCache(tmp_path / "c", memory=False)
+    with pytest.raises(ImagingError):
+        cache.fill(bad, (R, 2 * R))
+    # A marker per resolution: neither get nor a second fill decodes the file again.
+    with pytest.raises(RefusedBeforeError):
+        PreprocessCache(tmp_path / "c").get(bad, 2 * R)
+    with pytest.raises(RefusedBeforeError):
+        cache.fill(bad, (R,))
+    assert decode_calls.count(bad_path) == 1
+    # An unreadable cache entry is computed again by fill, not left for training.
+    assert cache.fill(phantoms[0], (R,)) == 1
+    entry = cache._file(cache.key(phantoms[0].path, R))
+    entry.write_bytes(b"not numpy")
+    assert cache.fill(phantoms[0], (R,)) == 1 and cache.fill(phantoms[0], (R,)) == 0
+    assert PreprocessCache(tmp_path / "c").get(phantoms[0], R).image.shape == (1, R, R)
 
 
 def test_memory_limit_stops_filling(phantoms: list[Record], decode_calls: list[Path]) -> None:

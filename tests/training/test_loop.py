@@ -19,13 +19,13 @@ from imaging.phantoms import write_phantom_dataset
 from training.architectures import build_model
 from training.config import TrainConfig, default_batch_size
 from training.loop import (
-    cosine_lr,
     load_checkpoint,
     model_from_checkpoint,
     train,
     use_channels_last,
 )
-from training.publish import evaluate_checkpoint, publish
+from training.publish import evaluate_checkpoint, protocol_summary, publish
+from training.schedule import cosine_lr
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,10 @@ def test_protocol_defaults() -> None:
     assert (cfg.lr_schedule, cfg.keep) == ("plateau", "best")  # the protocol; the rest is opt-in
     with pytest.raises(ValueError, match="keep must be"):
         TrainConfig(keep="first").validate()
+    # The manifest's one-line protocol says when a model departs from it.
+    assert protocol_summary(cfg).startswith("Wollek et al. (BCE, AdamW, LR/10 on plateau")
+    departed = protocol_summary(TrainConfig(lr_schedule="cosine", keep="last"))
+    assert "with departures" in departed and "cosine" in departed and "last epoch" in departed
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainConfig(lr_schedule="step").validate()
     with pytest.raises(ValueError, match="warmup_fraction"):
@@ -89,6 +93,8 @@ def test_cosine_schedule_in_training_follows_steps(
     assert history[0]["lr"] == pytest.approx(cosine_lr(1e-3, 1 / 4, 0.25))  # the peak
     assert history[1]["lr"] == pytest.approx(cosine_lr(1e-3, 3 / 4, 0.25))
     assert history[1]["lr"] < history[0]["lr"]
+    # last.pt keeps the progress, so a resumed run continues the curve (test_schedule.py).
+    assert load_checkpoint(tmp_path / "cosine" / "last.pt")["schedule"] == {"progress": 0.75}
     # No ReduceLROnPlateau involvement: the plateau run keeps its LR after 2 epochs.
     plateau = train(tiny_config(phantom_roots, tmp_path / "plateau", lr=1e-3,
                                 max_train_batches=2)).history  # fmt: skip

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import numbers
 import os
 import tempfile
 import threading
@@ -215,7 +216,9 @@ class PreprocessCache:
     def fill(self, record: Record, resolutions: Sequence[int]) -> int:
         """Put ``record``'s model inputs at every one of ``resolutions`` in the cache,
         decoding the file at most once; returns how many inputs were computed (0: all
-        were cached). Raises ``ImagingError`` (and leaves the refusal markers) if refused.
+        were cached), each counted in ``stats["decoded"]``. Entries already on disk are not
+        loaded into memory (``get`` does that when it needs them). Raises ``ImagingError``
+        (and leaves a refusal marker per missing resolution) if the file is refused.
         """
         missing: list[tuple[int, str]] = []
         for resolution in dict.fromkeys(int(r) for r in resolutions):
@@ -224,7 +227,8 @@ class PreprocessCache:
                 self._bump("refused")
                 raise RefusedBeforeError(self._file(key, ".refused").read_text().strip())
             cached = key in self._items if self._use_memory() else False
-            if not cached and (self.directory is None or not self._file(key).exists()):
+            # Read, not just stat: an unreadable entry is recomputed here, not in training.
+            if not cached and (self.directory is None or self._read_disk(key) is None):
                 missing.append((resolution, key))
         if not missing:
             return 0
@@ -297,7 +301,9 @@ def prefill_cache(
     """
     report = PrefillReport(total=len(records))
     Path(directory).mkdir(parents=True, exist_ok=True)
-    resolutions = (resolution,) if isinstance(resolution, int) else tuple(resolution)
+    resolutions = (
+        (int(resolution),) if isinstance(resolution, numbers.Integral) else tuple(resolution)
+    )
     jobs = [(str(r.path), r.image_id, str(directory), resolutions) for r in records]
     if not jobs:
         return report
