@@ -103,12 +103,17 @@ def test_refused_file_is_remembered(tmp_path: Path, decode_calls: list[Path]) ->
     assert sum(p == path for p in decode_calls) == 1  # the marker spares the second decode
 
 
+def garbage_record(folder: Path) -> Record:
+    """A record whose file is not DICOM at all: the imaging path refuses it."""
+    path = folder / "bad.dcm"
+    path.write_bytes(b"garbage" * 20)
+    return Record("bad-image", path, np.zeros(1, np.float32), None)
+
+
 def test_prefill_in_parallel_then_no_decodes(
     phantoms: list[Record], tmp_path: Path, decode_calls: list[Path]
 ) -> None:
-    bad_path = tmp_path / "bad.dcm"
-    bad_path.write_bytes(b"garbage" * 20)
-    bad = Record("bad-image", bad_path, np.zeros(1, np.float32), None)
+    bad = garbage_record(tmp_path)
     report = prefill_cache([*phantoms, bad], R, tmp_path / "c", workers=2)
     assert (report.total, report.decoded, report.cached) == (7, 6, 0)
     assert report.refused == ["bad-image"]
@@ -144,9 +149,7 @@ def test_prefill_several_resolutions_decodes_each_file_once(
 def test_fill_marks_refusals_and_repairs_unreadable_entries(
     phantoms: list[Record], tmp_path: Path, decode_calls: list[Path]
 ) -> None:
-    bad_path = tmp_path / "bad.dcm"
-    bad_path.write_bytes(b"garbage" * 20)
-    bad = Record("bad-image", bad_path, np.zeros(1, np.float32), None)
+    bad = garbage_record(tmp_path)
     cache = PreprocessCache(tmp_path / "c", memory=False)
     with pytest.raises(ImagingError):
         cache.fill(bad, (R, 2 * R))
@@ -155,7 +158,7 @@ def test_fill_marks_refusals_and_repairs_unreadable_entries(
         PreprocessCache(tmp_path / "c").get(bad, 2 * R)
     with pytest.raises(RefusedBeforeError):
         cache.fill(bad, (R,))
-    assert decode_calls.count(bad_path) == 1
+    assert decode_calls.count(bad.path) == 1
     # An unreadable cache entry is computed again by fill, not left for training.
     assert cache.fill(phantoms[0], (R,)) == 1
     entry = cache._file(cache.key(phantoms[0].path, R))

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import numbers
 import os
 import tempfile
 import threading
@@ -184,6 +183,37 @@ class PreprocessCache:
         with self._lock:
             self.stats[stat] += 1
 
+    def _raise_if_refused(self, key: str) -> None:
+        """Raise ``RefusedBeforeError`` if the disk cache holds a refusal marker for ``key``."""
+        if self.directory is not None and self._file(key, ".refused").exists():
+            self._bump("refused")
+            raise RefusedBeforeError(self._file(key, ".refused").read_text().strip())
+
+    def _compute(
+        self, record: Record, keyed: list[tuple[int, str]]
+    ) -> list[tuple[npt.NDArray[np.float16], int, int]]:
+        """Decode ``record`` once and store its entries at each ``(resolution, key)``
+        (disk and memory), counted in ``stats["decoded"]``; on a refusal leave a marker
+        per key and raise the ``ImagingError``."""
+        try:
+            pixels = _records.read_display_pixels(record.path)
+        except ImagingError as exc:
+            self._bump("refused")
+            for _, key in keyed if self.directory is not None else ():
+                marker = self._file(key, ".refused")
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"{exc.code}\n")
+            raise
+        entries: list[tuple[npt.NDArray[np.float16], int, int]] = []
+        for resolution, key in keyed:
+            entry = _model_input(pixels, resolution)
+            self._bump("decoded")
+            if self.directory is not None:
+                self._write_disk(key, entry)
+            self._remember(key, entry)
+            entries.append(entry)
+        return entries
+
     def get(self, record: Record, resolution: int) -> CachedInput:
         """The model input of ``record`` at ``resolution``; raises ``ImagingError`` if refused."""
         key = self.key(record.path, resolution)
@@ -192,23 +222,10 @@ class PreprocessCache:
             self._bump("memory_hits")
         elif self.directory is not None and (entry := self._read_disk(key)) is not None:
             self._bump("disk_hits")
+            self._remember(key, entry)
         else:
-            if self.directory is not None and self._file(key, ".refused").exists():
-                self._bump("refused")
-                raise RefusedBeforeError(self._file(key, ".refused").read_text().strip())
-            try:
-                entry = decode_model_input(record.path, resolution)
-            except ImagingError as exc:
-                self._bump("refused")
-                if self.directory is not None:
-                    marker = self._file(key, ".refused")
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(f"{exc.code}\n")
-                raise
-            self._bump("decoded")
-            if self.directory is not None:
-                self._write_disk(key, entry)
-        self._remember(key, entry)
+            self._raise_if_refused(key)
+            entry = self._compute(record, [(resolution, key)])[0]
         image, rows, columns = entry
         geometry = LetterboxGeometry.fit(rows, columns, resolution)
         return CachedInput(image=image.astype(np.float32), geometry=geometry)
@@ -223,31 +240,13 @@ class PreprocessCache:
         missing: list[tuple[int, str]] = []
         for resolution in dict.fromkeys(int(r) for r in resolutions):
             key = self.key(record.path, resolution)
-            if self.directory is not None and self._file(key, ".refused").exists():
-                self._bump("refused")
-                raise RefusedBeforeError(self._file(key, ".refused").read_text().strip())
+            self._raise_if_refused(key)
             cached = key in self._items if self._use_memory() else False
             # Read, not just stat: an unreadable entry is recomputed here, not in training.
             if not cached and (self.directory is None or self._read_disk(key) is None):
                 missing.append((resolution, key))
-        if not missing:
-            return 0
-        try:
-            pixels = _records.read_display_pixels(record.path)
-        except ImagingError as exc:
-            self._bump("refused")
-            for _, key in missing:
-                if self.directory is not None:
-                    marker = self._file(key, ".refused")
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(f"{exc.code}\n")
-            raise
-        for resolution, key in missing:
-            entry = _model_input(pixels, resolution)
-            self._bump("decoded")
-            if self.directory is not None:
-                self._write_disk(key, entry)
-            self._remember(key, entry)
+        if missing:
+            self._compute(record, missing)
         return len(missing)
 
 
@@ -301,9 +300,8 @@ def prefill_cache(
     """
     report = PrefillReport(total=len(records))
     Path(directory).mkdir(parents=True, exist_ok=True)
-    resolutions = (
-        (int(resolution),) if isinstance(resolution, numbers.Integral) else tuple(resolution)
-    )
+    # One resolution or several, Python or numpy integers alike.
+    resolutions = tuple(int(r) for r in np.atleast_1d(resolution))
     jobs = [(str(r.path), r.image_id, str(directory), resolutions) for r in records]
     if not jobs:
         return report
