@@ -191,22 +191,58 @@ def copy_demo_models(src: Path, dst: Path, resolutions: Sequence[int]) -> list[d
     return entries
 
 
+def untrained_trust(model: Any, resolution: int, n: int = 8) -> tuple[Any, Any, Any]:
+    """What the service needs to load an untrained model, fitted honestly on ``n`` site-a
+    phantoms: OOD feature statistics of their embeddings (threshold: their largest
+    distance) and temperature 1 (nothing to calibrate against). Returns
+    ``(statistics, CalibrationSpec, OodSpec)``; the numbers mean nothing clinically, but
+    the service does the same work per request as with a trained model."""
+    import torch
+
+    from cxrmodel.manifest import CalibrationSpec, OodSpec
+    from cxrmodel.ood import FEATURE, METHOD
+    from imaging.phantoms import generate_phantom
+    from imaging.preprocess import preprocess
+    from training.trust import fit_feature_statistics
+
+    images = np.stack(
+        [preprocess(generate_phantom(7, i, "a", 512).pixels, resolution).image for i in range(n)]
+    )
+    with torch.inference_mode():
+        _, _, embedding = model.forward_explained(torch.from_numpy(images))
+    embeddings = embedding.double().numpy()
+    stats, shrinkage = fit_feature_statistics(embeddings, np.zeros((n, 1)))
+    rule = f"timing benchmark: the largest distance of the {n} fitting phantoms"
+    calibration = CalibrationSpec(
+        temperature=1.0, fitted_on="not fitted (untrained weights)", threshold_uncalibrated=0.5
+    )
+    ood = OodSpec(
+        method=METHOD, feature=FEATURE, threshold=float(stats.score(embeddings).max()),
+        threshold_rule=rule, fitted_on=f"{n} site-a phantoms", n_fit=n, shrinkage=shrinkage,
+    )  # fmt: skip
+    return stats, calibration, ood
+
+
 def build_densenet_models(dst: Path, resolutions: Sequence[int]) -> list[dict[str, Any]]:
     """Export an untrained DenseNet-121 (seed 0) at ``resolutions`` into ``dst``.
 
-    Writes ``{name}-{R}.onnx`` and ``{name}-{R}.pt`` (``model_state`` + ``model_config``,
-    as :func:`training.publish.publish` saves them) and their manifest entries. A
-    resolution whose entry and files already exist there is reused (``--work-dir``).
+    Writes ``{name}-{R}.onnx``, ``{name}-{R}.pt`` (``model_state`` + ``model_config``, as
+    :func:`training.publish.publish` saves them), the OOD statistics of
+    :func:`untrained_trust` and their manifest entries. A resolution whose entry and files
+    already exist there is reused (``--work-dir``).
     """
     import torch
 
-    from training.architectures import build_model
+    from cxrmodel.manifest import new_entry, read_manifest, upsert_entry
+    from cxrmodel.networks import build_model
+    from imaging.preprocess import NORMALISATION
     from training.export import export_onnx
-    from training.manifest import load_manifest, manifest_entry, update_manifest
 
     dst.mkdir(parents=True, exist_ok=True)
     existing = {
-        int(e["resolution"]): e for e in load_manifest(dst)["models"] if e["name"] == DENSENET_NAME
+        e.resolution: e.model_dump(mode="json")
+        for e in read_manifest(dst, missing_ok=True).models
+        if e.name == DENSENET_NAME
     }
     torch.manual_seed(0)
     model = build_model("densenet121").eval()
@@ -222,23 +258,27 @@ def build_densenet_models(dst: Path, resolutions: Sequence[int]) -> list[dict[st
         pt_path = dst / f"{stem}.pt"
         config = {**model.config(), "resolution": r, "labels": ["Pneumothorax"]}
         torch.save({"model_state": model.state_dict(), "model_config": config}, pt_path)
-        entry = manifest_entry(
+        stats, calibration, ood = untrained_trust(model, r)
+        typed = new_entry(
             name=DENSENET_NAME,
             version="0.0.0",
             resolution=r,
             architecture="densenet121",
             downsample="standard",
-            files={"onnx": onnx_path, "pt": pt_path},
+            files={"onnx": onnx_path, "pt": pt_path, "ood": stats.save(dst / f"{stem}-ood.npz")},
             models_dir=dst,
+            labels=["Pneumothorax"],
+            embedding_size=model.embedding_size,
             threshold=0.5,
             threshold_rule="fixed at 0.5: untrained weights, no validation data",
-            metrics={},
+            normalisation=NORMALISATION,
+            calibration=calibration,
+            ood=ood,
             training={"data": None, "protocol": "untrained (random initialisation)", "seed": 0},
             intended_use=UNTRAINED_USE,
-            labels=["Pneumothorax"],
         )
-        update_manifest(dst, entry)
-        entries.append(entry)
+        upsert_entry(dst, typed)
+        entries.append(typed.model_dump(mode="json"))
         print(f"exported {stem} in {time.perf_counter() - started:.1f} s", flush=True)
     return entries
 
@@ -290,7 +330,7 @@ def bare_latency(
         feed = {"image": inputs[r]}
 
         def call(session: Any = session, feed: dict[str, np.ndarray] = feed) -> Any:
-            return session.run(["logit", "cam"], feed)
+            return session.run(["logit", "cam", "embedding"], feed)  # what the service fetches
 
         out[r] = {**latency_stats(time_calls(call, repeats)), "session": source}
         print(f"bare ORT {entry['name']} {r}: {out[r]}", flush=True)

@@ -35,10 +35,10 @@ machines are shared and noisy, so ratios travel better than absolute numbers):
    AdamW moments, which every later step keeps).
 
 2. **Inference latency** of the exported DenseNet-121 (untrained weights) in ONNX Runtime
-   (CPUExecutionProvider, intra-op threads = torch threads, graph optimisation ALL, ``logit`` and
-   ``cam`` both fetched) against the torch eager ``forward_with_cam`` of the same model on
-   the same input and thread count: median and p90 over a time budget after warm-up, and
-   the ratio ORT / torch.
+   (CPUExecutionProvider, intra-op threads = torch threads, graph optimisation ALL,
+   ``logit``, ``cam`` and ``embedding`` fetched) against the torch eager
+   ``forward_explained`` of the same model on the same input and thread count: median and
+   p90 over a time budget after warm-up, and the ratio ORT / torch.
 
 Threads: torch and ONNX Runtime both use ``--threads`` (default: the cores this process
 may use). Run on a quiet machine: OpenMP threads that share their cores with other work
@@ -78,7 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.architectures import build_model
+from cxrmodel.networks import build_model
 from training.config import TrainConfig, default_batch_size
 
 if TYPE_CHECKING:
@@ -400,19 +400,19 @@ def infer_case(
     image = rng.standard_normal((batch, 1, resolution, resolution), dtype=np.float32)
     tensor = torch.from_numpy(image)
     feeds = {"image": image}
-    outputs = ["logit", "cam"]
+    outputs = ["logit", "cam", "embedding"]
 
     def run_ort() -> list[Any]:
         return session.run(outputs, feeds)
 
     # Torch stays contiguous NCHW here (the exported graph's input layout); ORT picks its own.
-    def run_torch() -> tuple[torch.Tensor, torch.Tensor]:
+    def run_torch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            return model.forward_with_cam(tensor, 0)  # type: ignore[operator]
+            return model.forward_explained(tensor, 0)  # type: ignore[operator]
 
     for _ in range(warmup):  # ORT allocates its arena and oneDNN builds primitives here
-        ort_logit, ort_cam = run_ort()
-        torch_logit, torch_cam = run_torch()
+        ort_logit, ort_cam, _ = run_ort()
+        torch_logit, torch_cam, _ = run_torch()
     ort_stats = _latency(timed_loop(run_ort, budget_s, min_reps, MAX_INFER_REPS))
     torch_stats = _latency(timed_loop(run_torch, budget_s, min_reps, MAX_INFER_REPS))
     return {

@@ -28,6 +28,7 @@ The resolution is the checkpoint's ``model_config["resolution"]`` (override with
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import threading
 import time
@@ -43,12 +44,12 @@ from fastapi.responses import JSONResponse
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint
+from cxrmodel.networks import CXRClassifier
 from imaging.dicom import read_dicom
 from imaging.errors import ImagingError
 from imaging.preprocess import preprocess
 from imaging.saliency import mask_png, mask_to_boxes
-from training.architectures import CXRClassifier
-from training.loop import load_checkpoint, model_from_checkpoint
 
 CHECKPOINT_ENV = "NAIVE_PEER_CHECKPOINT"
 RESOLUTION_ENV = "NAIVE_PEER_RESOLUTION"
@@ -121,7 +122,7 @@ def predict(
                 "columns": columns,
                 "data": base64.b64encode(mask_png(mask)).decode("ascii"),
             },
-            "boxes": [box.to_dict() for box in boxes],
+            "boxes": [dataclasses.asdict(box) for box in boxes],
             "elapsed_ms": (time.perf_counter() - start) * 1e3,
         }
     )

@@ -5,12 +5,16 @@ Pixel convention of the output: ``float32`` array of shape ``(rows, columns)``, 
 photometric interpretation), row 0 at the top of the image as stored.
 
 Accepted: DICOM Part 10 files, and bare datasets (no preamble, no file meta) when they
-parse. Refused, each with a domain error from :mod:`imaging.errors` (400: not usable
-bytes; 422: valid DICOM that cannot be assessed): not DICOM, truncated or corrupt, no
-pixel data, colour, multi-frame, a transfer syntax no installed decoder handles, and an
-image whose header declares more pixels than ``max_pixels``. The pixel budget is checked
-from the header **before** any pixel data is decoded, so a hostile header cannot make the
-decoder allocate gigabytes.
+parse. Refused, each with a domain error (a stable ``code``) from :mod:`imaging.errors`:
+not DICOM, truncated or corrupt, no pixel data, colour, multi-frame, a transfer syntax no
+installed decoder handles, and an image whose header declares more pixels than
+``max_pixels``. The pixel budget is checked from the header **before** any pixel data is
+decoded, so a hostile header cannot make the decoder allocate gigabytes.
+
+Display: the DICOM grayscale chain of :mod:`imaging.display`, with its VOI fallback: a
+header window or VOI LUT that leaves the image without contrast is replaced by the full
+stored range, and ``facts.voi_fallback`` says so. Whether the image may be assessed at
+all (modality, body part, view, blank) is :mod:`imaging.gate`'s question, not this one's.
 
 Nothing here reads or returns patient identifiers: :class:`HeaderFacts` holds technical
 facts only.
@@ -82,11 +86,14 @@ class DecodedImage:
 
     ``pixels``: float32 ``(rows, columns)`` in ``[0, 1]``, higher = denser/brighter.
     ``facts``: technical header facts (no patient identifiers).
+    ``contrast``: :func:`imaging.display.display_contrast` of ``pixels``, measured by the
+    display chain (the gate's blank-image rule reads it).
     ``timings_ms``: ``parse`` and ``decode`` (pixel decoding + display chain) in ms.
     """
 
     pixels: npt.NDArray[np.float32]
     facts: HeaderFacts
+    contrast: float
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -100,26 +107,34 @@ def read_dicom(
 
     ``decoding_plugin`` forces one pydicom pixel plugin (e.g. ``"gdcm"``); by default
     :mod:`imaging.decoders` picks the fastest installed one and falls back to the others.
+    When the header's VOI leaves no contrast but the full stored range does, the stored
+    range is used: ``facts.voi_source == "stored_range"`` and ``facts.voi_fallback`` holds
+    a one-sentence note (see :func:`imaging.display.render`).
     """
     start = time.perf_counter()
     ds = parse_dataset(data)
     facts = check_dataset(ds, max_pixels=max_pixels)
     parsed = time.perf_counter()
     stored = decode_pixels(ds, facts, data, plugin=decoding_plugin)
-    transform = display.describe(ds)
-    pixels = display.to_display(
-        stored, ds, facts.bits_stored, facts.pixel_representation, transform
+    pixels, transform, contrast = display.render(
+        stored, ds, facts.bits_stored, facts.pixel_representation
     )
     done = time.perf_counter()
     return DecodedImage(
         pixels=pixels,
         facts=facts.with_display(transform),
+        contrast=contrast,
         timings_ms={"parse": (parsed - start) * 1e3, "decode": (done - parsed) * 1e3},
     )
 
 
 def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> HeaderFacts:
-    """Parse and check ``data`` without decoding pixels; raise what ``read_dicom`` would."""
+    """Parse and check ``data`` without decoding pixels; raise what ``read_dicom`` would.
+
+    The display facts are the header's choice of VOI: without pixels there is no knowing
+    whether it leaves contrast, so ``voi_fallback`` is always None here and ``voi_source``
+    may differ from what :func:`read_dicom` reports for the same bytes.
+    """
     ds = parse_dataset(data)
     facts = check_dataset(ds, max_pixels=max_pixels)
     return facts.with_display(display.describe(ds))
@@ -254,7 +269,7 @@ def check_dataset(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Heade
             f"the header declares {rows} x {columns} pixels"
             + (f" x {frames} frames" if frames > 1 else "")
             + f" = {declared:,}, over the budget of {max_pixels:,} pixels; "
-            "send a smaller image or raise SHARPCXR_MAX_PIXELS"
+            "send a smaller image or raise the pixel budget"
         )
     if frames > 1:
         raise MultiFrameError(

@@ -22,7 +22,6 @@ class RasterDecodeError(ImagingError):
     """A PNG/JPEG file that cannot be decoded to a grayscale radiograph."""
 
     code = "corrupt_image"
-    http_status = 400
 
 
 def read_raster(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> npt.NDArray[np.float32]:

@@ -17,7 +17,7 @@ Normalisation happens on the CAM grid, before resampling, so the meaning of a th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -60,18 +60,6 @@ class Box:
     def width(self) -> int:
         """Columns spanned (inclusive indices, so ``x_max - x_min + 1``)."""
         return self.x_max - self.x_min + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in the API's key order (see DESIGN.md, ``boxes``)."""
-        return {
-            "x_min": self.x_min,
-            "y_min": self.y_min,
-            "x_max": self.x_max,
-            "y_max": self.y_max,
-            "score": self.score,
-            "area_px": self.area_px,
-            "area_mm2": self.area_mm2,
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imaging.errors import ImagingError
-from service import __version__
+from service.deps import require_api_key
 from service.errors import ServiceError, error_body, error_headers, error_status_and_code
 from service.logs import configure_logging, request_id_var
 from service.metrics import Metrics
@@ -26,6 +26,7 @@ from service.middleware import ObservabilityMiddleware
 from service.routes import health, models, predict
 from service.runtime import ServiceRuntime
 from service.settings import Settings, get_settings
+from sharpcxr import __version__
 
 log = logging.getLogger("sharpcxr.service")
 
@@ -111,13 +112,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ImagingError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.include_router(predict.router)
-    app.include_router(models.router)
+    # One API router with the version prefix; authentication is its dependency, so every
+    # /v1 route has it. Operational endpoints (health, metrics) stay open.
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    api.include_router(predict.router)
+    api.include_router(models.router)
+    app.include_router(api)
     app.include_router(health.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=app.router.routes)
     return app

@@ -57,14 +57,15 @@ async def collect_batch(
 
 @dataclass(frozen=True)
 class Inference:
-    """One image's result: ``logit`` (pneumothorax), raw ``cam`` float32 ``(G, G)``, and
-    how long it waited and ran (seconds)."""
+    """One image's model outputs: ``logit`` (pneumothorax, uncalibrated), raw ``cam``
+    float32 ``(G, G)``, ``embedding`` float32 ``(C,)``, and how long it waited and ran
+    (seconds)."""
 
     logit: float
     cam: FloatArray
+    embedding: FloatArray
     queue_s: float
     inference_s: float
-    batch_size: int
 
 
 @dataclass
@@ -117,8 +118,8 @@ class Batcher:
 
     async def infer(self, image: FloatArray, method: str, deadline: float) -> Inference:
         """Queue one image ``(1, R, R)`` and wait for its result; 503 when the queue is full,
-        :class:`DeadlineExceededError` when ``deadline`` (monotonic seconds) passes first."""
-        self.backend.check_method(method)
+        :class:`DeadlineExceededError` when ``deadline`` (monotonic seconds) passes first.
+        ``method`` was checked against the backend's methods by the caller."""
         future: asyncio.Future[Inference] = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(_Item(image, method, deadline, future))
@@ -170,8 +171,8 @@ class Batcher:
                     Inference(
                         logit=float(out.logits[row]),
                         cam=out.cams[row],
+                        embedding=out.embeddings[row],
                         queue_s=started - item.enqueued,
                         inference_s=elapsed,
-                        batch_size=len(group),
                     )
                 )

@@ -1,4 +1,8 @@
-"""The routes' dependencies, as ``Annotated`` types: settings, the running service, auth."""
+"""The routes' dependencies, as ``Annotated`` types: settings, the running service, auth.
+
+Authentication is a router-level dependency (:func:`require_api_key` on the ``/v1``
+router in :mod:`service.app`), so no route can forget it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import NotReadyError, UnauthorizedError
-from service.pipeline import Predictor
+from service.pipeline import Pipeline
 from service.registry import Registry
 from service.runtime import ServiceRuntime
 from service.settings import Settings, get_settings
@@ -24,10 +28,10 @@ def get_runtime(request: Request) -> ServiceRuntime:
 RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
-def get_predictor(runtime: RuntimeDep) -> Predictor:
-    if not runtime.ready or runtime.predictor is None:
+def get_pipeline(runtime: RuntimeDep) -> Pipeline:
+    if not runtime.ready or runtime.pipeline is None:
         raise NotReadyError(runtime.detail)
-    return runtime.predictor
+    return runtime.pipeline
 
 
 def get_registry(runtime: RuntimeDep) -> Registry:
@@ -36,7 +40,7 @@ def get_registry(runtime: RuntimeDep) -> Registry:
     return runtime.registry
 
 
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
@@ -67,6 +71,3 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
         matched |= hmac.compare_digest(presented, key)
     if not matched:
         raise UnauthorizedError("the API key is not valid")
-
-
-AuthDep = Annotated[None, Depends(require_api_key)]

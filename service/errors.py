@@ -1,17 +1,33 @@
 """Domain errors of the service, and the one place that maps every error to HTTP.
 
-Each error has a stable ``code``, an HTTP status and a message that says what is wrong and
-how to fix it. :func:`error_response` turns any of them (and :class:`imaging.errors.
-ImagingError`) into DESIGN's JSON body ``{"error": {"code", "message", "request_id"}}``.
-Anything else that escapes a route becomes a generic 500 whose body says nothing about
-the input: the traceback goes to the log (without request data), never to the client.
+Each service error has a stable ``code``, an HTTP status and a message that says what is
+wrong and how to fix it. The imaging path's errors (:mod:`imaging.errors`) know nothing of
+HTTP: :data:`IMAGING_STATUS` gives their statuses here (400: the bytes are not a usable
+DICOM file; 422: a valid DICOM that cannot be assessed), and :data:`IMAGING_HINTS` adds the
+service setting that moves a limit. :func:`error_status_and_code` turns any error into
+``(status, code, message)`` for DESIGN's JSON body ``{"error": {"code", "message",
+"request_id"}}``. Anything else that escapes a route becomes a generic 500 whose body says
+nothing about the input: the traceback goes to the log (without request data), never to
+the client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from imaging.errors import ImagingError
+from cxrmodel.manifest import ModelFileError as ModelFileError  # re-exported for the service
+from imaging.errors import (
+    ColourImageError,
+    CorruptDicomError,
+    ImagingError,
+    MultiFrameError,
+    NoPixelDataError,
+    NotDicomError,
+    PixelBudgetError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
+)
+from imaging.gate import Finding
 
 
 class ServiceError(Exception):
@@ -135,14 +151,58 @@ class NotReadyError(ServiceError):
         super().__init__(f"the service is not ready: {detail}; poll /readyz")
 
 
-class ModelFileError(RuntimeError):
-    """A model file is missing or its sha256 differs from the manifest: refuse to start."""
+class GateRefusedError(ServiceError):
+    """The gate found that the model must not assess this image (``SHARPCXR_GATE=refuse``).
+
+    ``code`` is the first finding's (e.g. ``not_chest``); the message joins every
+    finding's message, so a radiographer sees all that is wrong at once.
+    """
+
+    http_status = 422
+
+    def __init__(self, findings: Sequence[Finding]) -> None:
+        if not findings:
+            raise ValueError("a gate refusal needs at least one finding")
+        super().__init__(
+            " ".join(f.message for f in findings)
+            + " (SHARPCXR_GATE=flag answers such images with status not_assessable instead)"
+        )
+        self.code = findings[0].code
+        self.findings = list(findings)
+
+
+#: HTTP status of each imaging refusal (the most specific class wins; see the MRO walk)
+IMAGING_STATUS: dict[type[ImagingError], int] = {
+    NotDicomError: 400,
+    CorruptDicomError: 400,  # and TruncatedDicomError, its subclass
+    NoPixelDataError: 422,
+    ColourImageError: 422,
+    MultiFrameError: 422,
+    UnsupportedTransferSyntaxError: 422,
+    PixelBudgetError: 422,
+    UnsupportedImageError: 422,
+}
+#: the setting that moves the limit behind an imaging refusal, appended to its message
+IMAGING_HINTS: dict[type[ImagingError], str] = {PixelBudgetError: "SHARPCXR_MAX_PIXELS"}
+
+
+def _imaging_status(exc: ImagingError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in IMAGING_STATUS:
+            return IMAGING_STATUS[cls]
+    return 422  # a valid file the imaging path cannot use
 
 
 def error_status_and_code(exc: BaseException) -> tuple[int, str, str]:
     """``(http_status, code, message)`` for any exception; unknown ones become a bare 500."""
-    if isinstance(exc, ServiceError | ImagingError):
+    if isinstance(exc, ServiceError):
         return exc.http_status, exc.code, exc.message
+    if isinstance(exc, ImagingError):
+        message = exc.message
+        hint = next((h for c, h in IMAGING_HINTS.items() if isinstance(exc, c)), None)
+        if hint:
+            message = f"{message} ({hint})"
+        return _imaging_status(exc), exc.code, message
     return 500, "internal_error", "the service failed to process this request; it was logged"
 
 

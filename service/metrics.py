@@ -14,7 +14,7 @@ LATENCY_BUCKETS = (
     1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")
+STAGES = ("decode", "gate", "preprocess", "queue", "inference", "postprocess")
 
 
 class Metrics:
@@ -62,12 +62,22 @@ class Metrics:
             ["resolution"],
             registry=r,
         )
+        self.assessments = Counter(
+            "sharpcxr_assessments",
+            "Answers by assessment status (assessed, not_assessable, refused) and reason "
+            "(a gate code, out_of_distribution, or none); one count per reason",
+            ["resolution", "status", "reason"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "sharpcxr_model_info",
             "Loaded model (value 1)",
             ["resolution", "name", "version", "backend"],
             registry=r,
         )
+
+    def count_assessment(self, resolution: int, status: str, reason: str) -> None:
+        self.assessments.labels(str(resolution), status, reason).inc()
 
     def observe_stages(self, resolution: int, seconds: dict[str, float]) -> None:
         label = str(resolution)

@@ -2,9 +2,11 @@
 
 Each request gets an id (the client's ``X-Request-ID`` when it is short and plain, else a
 fresh one), echoed in the ``X-Request-ID`` response header and in every error body and
-log line. Labels are bounded: ``endpoint`` is one of the known paths (else ``other``) and
-``resolution`` is what the route recorded in ``scope["state"]`` (a loaded resolution,
-``multi`` for compare, ``none`` otherwise).
+log line. Labels are bounded: ``endpoint`` is the path template of the app's route that
+matches the request (``/v1/predict``; a templated path keeps its ``{parameter}``), else
+``other``, so no label takes a client-chosen value and a new route needs no list kept
+by hand; ``resolution`` is what the route recorded in ``scope["state"]`` (a loaded
+resolution, ``multi`` for compare, ``none`` otherwise).
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
+from re import Pattern
 from typing import Any
 
+from fastapi.routing import iter_route_contexts
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_body, error_status_and_code
@@ -24,10 +30,6 @@ from service.metrics import Metrics
 
 log = logging.getLogger("sharpcxr.access")
 
-KNOWN_ENDPOINTS = frozenset(
-    {"/v1/predict", "/v1/compare", "/v1/models", "/healthz", "/readyz", "/metrics", "/docs",
-     "/openapi.json", "/"}
-)  # fmt: skip
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: Endpoints whose traffic is not worth a log line per request at INFO level.
 QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -42,10 +44,37 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+class EndpointLabels:
+    """Request path -> the path template of the app's route for it (``/v1/predict``,
+    ``/v1/jobs/{job_id}``), else ``"other"``; the method is not considered, so a 405
+    keeps its endpoint's label. The templates are read from the app's routes (included
+    routers flattened) at the first request, when every route is in place."""
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.routes = routes
+        self._templates: list[tuple[Pattern[str], str]] | None = None
+
+    def _compile(self) -> list[tuple[Pattern[str], str]]:
+        templates = []
+        for route in iter_route_contexts(self.routes):
+            template = route.path_format or route.path
+            if template:
+                regex, template, _ = compile_path(template)
+                templates.append((regex, template))
+        return templates
+
+    def __call__(self, scope: Scope) -> str:
+        if self._templates is None:
+            self._templates = self._compile()
+        path = str(scope.get("path", ""))
+        return next((t for regex, t in self._templates if regex.match(path)), "other")
+
+
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        self.endpoint_of = EndpointLabels(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,8 +83,7 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = request_id_from(scope)
         token = request_id_var.set(request_id)
-        path = str(scope.get("path", ""))
-        endpoint = path if path in KNOWN_ENDPOINTS else "other"
+        endpoint = self.endpoint_of(scope)
         status = 500
         response_started = False
         response_bytes = 0

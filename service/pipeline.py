@@ -1,45 +1,51 @@
-"""One request's path: ``read_dicom`` -> ``preprocess`` -> (batch) -> ``infer`` ->
-``explain`` (saliency -> mask -> boxes) -> ``encode``.
+"""One request's path, as named stages over one small request context::
 
-CPU-bound steps (decoding, preprocessing, post-processing) run in a thread pool sized to
-the cores, never on the event loop, so a slow JPEG 2000 file or a large mask does not
-stall other requests; inference runs in the batchers (:mod:`service.batching`).
+    decode -> gate -> preprocess -> infer -> explain -> encode
+
+* **decode** (``imaging.read_dicom``): DICOM bytes -> display pixels and header facts;
+* **gate** (``imaging.gate``): may the model assess this image at all? (modality, body
+  part, view, presentation intent, a display chain that leaves no contrast); with
+  ``SHARPCXR_GATE=refuse`` a finding ends the request here with a 422;
+* **preprocess** (``imaging.preprocess``): the model input at the model's resolution;
+* **infer** (the resolution's batcher and backend): logit, raw CAM and embedding, then
+  the model's own judgement: the calibrated probability, the out-of-distribution score
+  and the assessment that combines it with the gate's findings;
+* **explain** (``imaging.saliency``): CAM -> saliency, mask and boxes in the original grid;
+* **encode** (:mod:`service.encode`): domain results -> the response model.
+
+CPU-bound stages run in a thread pool sized to the cores, never on the event loop, so a
+slow JPEG 2000 file or a large mask does not stall other requests; decode and gate share
+one pool hop, explain and encode another. Every stage is timed here, in one place.
+``/v1/compare`` decodes and gates once and runs the later stages once per model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
-import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, ParamSpec, TypeVar
 
+from cxrmodel.calibration import calibrated_probability
 from imaging.dicom import DecodedImage, read_dicom
+from imaging.gate import Finding, check_image
 from imaging.preprocess import ModelInput, preprocess
-from imaging.rle import encode_coco_rle
-from imaging.saliency import DEFAULT_THRESHOLD, explain, heatmap_png, mask_png
+from imaging.saliency import DEFAULT_THRESHOLD, SaliencyResult, explain
 from service.batching import Batcher, Inference
-from service.errors import OverloadedError
+from service.encode import encode_response
+from service.errors import GateRefusedError, OverloadedError, UnsupportedMethodError
 from service.metrics import Metrics
 from service.registry import Registry, ServedModel
-from service.schemas import (
-    BoxOut,
-    HeatmapBlock,
-    ImageBlock,
-    MaskBlock,
-    ModelBlock,
-    PredictResponse,
-    SaliencyBlock,
-    Timings,
-)
+from service.schemas import PredictResponse
+from service.settings import GateMode
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+OUT_OF_DISTRIBUTION = "out_of_distribution"
 
 
 @dataclass(frozen=True)
@@ -53,81 +59,37 @@ class PredictOptions:
     saliency_threshold: float = DEFAULT_THRESHOLD
 
 
+@dataclass
+class RequestContext:
+    """What the stages of one request share. ``deadline`` is in ``time.monotonic()``
+    seconds, ``started`` the request's ``time.perf_counter()``; ``seconds`` holds each
+    shared stage's own time (decode, gate)."""
+
+    request_id: str
+    options: PredictOptions
+    deadline: float
+    started: float
+    decoded: DecodedImage | None = None
+    findings: list[Finding] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
-class Explanation:
-    saliency: SaliencyBlock
-    boxes: list[BoxOut]
+class Answer:
+    """One model's answer to one request, in domain terms.
 
+    ``probability`` is calibrated; ``reasons`` are why the image is not assessable (the
+    gate's findings in ``flag`` mode, and the OOD finding), empty when it is assessed.
+    """
 
-def sigmoid(logit: float) -> float:
-    """Numerically safe logistic function."""
-    if logit >= 0:
-        return 1.0 / (1.0 + math.exp(-logit))
-    e = math.exp(logit)
-    return e / (1.0 + e)
+    probability: float
+    ood_score: float
+    in_distribution: bool
+    reasons: tuple[Finding, ...]
 
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    """(rows, columns) from a PNG's IHDR chunk."""
-    width, height = struct.unpack(">II", png[16:24])
-    return int(height), int(width)
-
-
-def postprocess(
-    decoded: DecodedImage,
-    model_input: ModelInput,
-    inference: Inference,
-    options: PredictOptions,
-    heatmap_max_side: int,
-) -> Explanation:
-    """Raw CAM -> saliency, mask and boxes in the original grid -> API blocks."""
-    facts = decoded.facts
-    result = explain(
-        inference.cam, model_input.geometry, options.saliency_threshold, facts.pixel_spacing_mm
-    )
-    rows, columns = result.mask.shape
-    if options.mask_format == "rle":
-        rle = encode_coco_rle(result.mask)
-        mask = MaskBlock(format="rle", rows=rows, columns=columns, counts=rle["counts"])
-    else:
-        data = base64.b64encode(mask_png(result.mask)).decode("ascii")
-        mask = MaskBlock(format="png", rows=rows, columns=columns, data=data)
-    heatmap = None
-    if options.heatmap:
-        png = heatmap_png(result.saliency, decoded.pixels, max_side=heatmap_max_side)
-        h_rows, h_columns = _png_size(png)
-        heatmap = HeatmapBlock(
-            rows=h_rows, columns=h_columns, data=base64.b64encode(png).decode("ascii")
-        )
-    saliency = SaliencyBlock(
-        method=options.method, threshold=result.threshold, mask=mask, heatmap=heatmap
-    )
-    return Explanation(saliency=saliency, boxes=[BoxOut(**b.to_dict()) for b in result.boxes])
-
-
-def image_block(decoded: DecodedImage) -> ImageBlock:
-    f = decoded.facts
-    return ImageBlock(
-        rows=f.rows,
-        columns=f.columns,
-        pixel_spacing_mm=list(f.pixel_spacing_mm) if f.pixel_spacing_mm else None,
-        photometric_interpretation=f.photometric_interpretation,
-        transfer_syntax_uid=f.transfer_syntax_uid,
-        modality=f.modality,
-        bits_stored=f.bits_stored,
-    )
-
-
-def model_block(model: ServedModel) -> ModelBlock:
-    return ModelBlock(
-        name=model.name,
-        version=model.version,
-        resolution=model.resolution,
-        backend=model.backend.name,
-        sha256=model.sha256,
-        architecture=model.architecture,
-        intended_use=model.intended_use,
-    )
+    @property
+    def assessed(self) -> bool:
+        return not self.reasons
 
 
 def _timed(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[R, float]:
@@ -137,8 +99,46 @@ def _timed(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[R, fl
     return out, time.perf_counter() - started
 
 
-class Predictor:
-    """Runs requests through the pipeline; owns nothing but references."""
+def _decode_and_gate(
+    body: bytes, max_pixels: int, gate: GateMode
+) -> tuple[DecodedImage, list[Finding], float, float]:
+    """The decode and gate stages in one pool hop: ``(decoded, findings, seconds, seconds)``."""
+    decoded, decode_s = _timed(read_dicom, body, max_pixels=max_pixels)
+    if gate is GateMode.OFF:
+        return decoded, [], decode_s, 0.0
+    findings, gate_s = _timed(check_image, decoded.facts, decoded.pixels, decoded.contrast)
+    return decoded, findings, decode_s, gate_s
+
+
+def judge(
+    model: ServedModel, inference: Inference, findings: Sequence[Finding], gate: GateMode
+) -> Answer:
+    """The model's own judgement of its output: calibrated probability, OOD score, and
+    whether the answer means anything (``findings``: the gate's, in ``flag`` mode)."""
+    score = float(model.statistics.score(inference.embedding[None, :])[0])
+    threshold = model.ood.threshold
+    in_distribution = score <= threshold
+    reasons: list[Finding] = []
+    if gate is not GateMode.OFF:
+        reasons.extend(findings)
+        if not in_distribution:
+            reasons.append(Finding(
+                OUT_OF_DISTRIBUTION,
+                f"This image is unlike the images the model was trained on (out-of-"
+                f"distribution score {score:.1f}, above its threshold {threshold:.1f}), so "
+                "its answer means nothing here. The model's intended use says what it was "
+                "trained on.",
+            ))  # fmt: skip
+    return Answer(
+        probability=calibrated_probability(inference.logit, model.calibration.temperature),
+        ood_score=score,
+        in_distribution=in_distribution,
+        reasons=tuple(reasons),
+    )
+
+
+class Pipeline:
+    """Runs requests through the stages; owns nothing but references."""
 
     def __init__(
         self,
@@ -147,6 +147,7 @@ class Predictor:
         pool: Executor,
         metrics: Metrics,
         *,
+        gate: GateMode,
         max_pixels: int,
         heatmap_max_side: int,
         max_decode_backlog: int,
@@ -155,13 +156,32 @@ class Predictor:
         self.batchers = batchers
         self.pool = pool
         self.metrics = metrics
+        self.gate_mode = gate
         self.max_pixels = max_pixels
         self.heatmap_max_side = heatmap_max_side
         self.max_decode_backlog = max_decode_backlog
         self.decoding = 0  # requests in or waiting for the decode pool (event-loop only)
 
-    async def decode(self, body: bytes) -> tuple[DecodedImage, float]:
-        """DICOM bytes -> display pixels and header facts, off the event loop.
+    def models(self, resolutions: Sequence[int | None], method: str) -> list[ServedModel]:
+        """The models for ``resolutions`` (``None``: the default), with the saliency
+        ``method`` checked against each backend: the one place a method is checked."""
+        models = [self.registry.get(r) for r in resolutions]
+        for model in models:
+            if method not in model.backend.methods:
+                raise UnsupportedMethodError(method, model.backend.name, model.backend.methods)
+        return models
+
+    async def run(
+        self, ctx: RequestContext, body: bytes, models: Sequence[ServedModel]
+    ) -> list[PredictResponse]:
+        """Every stage for every model: decode and gate once, the rest per model."""
+        await self.decode(ctx, body)
+        self.gate(ctx, models)
+        return list(await asyncio.gather(*(self.answer(ctx, m) for m in models)))
+
+    # ------------------------------------------------------------------ shared stages
+    async def decode(self, ctx: RequestContext, body: bytes) -> None:
+        """decode + gate's checks, off the event loop.
 
         Admission control: decoding is the first CPU stage, so a burst piles up here
         before any inference queue fills; past ``max_decode_backlog`` requests in or
@@ -171,65 +191,78 @@ class Predictor:
         self.decoding += 1
         try:
             loop = asyncio.get_running_loop()
-            decoded, seconds = await loop.run_in_executor(
-                self.pool, partial(_timed, read_dicom, body, max_pixels=self.max_pixels)
-            )
+            job = partial(_decode_and_gate, body, self.max_pixels, self.gate_mode)
+            decoded, findings, decode_s, gate_s = await loop.run_in_executor(self.pool, job)
         finally:
             self.decoding -= 1
-        return decoded, seconds
+        ctx.decoded, ctx.findings = decoded, findings
+        ctx.seconds.update(decode=decode_s, gate=gate_s)
 
-    async def predict(
-        self,
-        request_id: str,
-        decoded: DecodedImage,
-        decode_s: float,
-        model: ServedModel,
-        options: PredictOptions,
-        deadline: float,
-        started: float,
-    ) -> PredictResponse:
-        """One decoded image through one model; ``deadline`` in ``time.monotonic()``
-        seconds, ``started`` the request's ``time.perf_counter()`` start."""
+    def gate(self, ctx: RequestContext, models: Sequence[ServedModel]) -> None:
+        """``refuse`` mode: the gate's findings end the request (422, counted)."""
+        if self.gate_mode is GateMode.REFUSE and ctx.findings:
+            for model in models:
+                for finding in ctx.findings:
+                    self.metrics.count_assessment(model.resolution, "refused", finding.code)
+            raise GateRefusedError(ctx.findings)
+
+    # ------------------------------------------------------------------ per-model stages
+    async def answer(self, ctx: RequestContext, model: ServedModel) -> PredictResponse:
+        """preprocess -> infer -> explain -> encode for one model."""
+        assert ctx.decoded is not None, "decode runs first"
         loop = asyncio.get_running_loop()
-        batcher = self.batchers[model.resolution]
         model_input, preprocess_s = await loop.run_in_executor(
-            self.pool, partial(_timed, preprocess, decoded.pixels, model.resolution)
+            self.pool, partial(_timed, preprocess, ctx.decoded.pixels, model.resolution)
         )
-        inference = await batcher.infer(model_input.image, options.method, deadline)
-        explanation: Explanation | None = None
-        post_s = 0.0
-        if options.explain:
-            explanation, post_s = await loop.run_in_executor(
-                self.pool,
-                partial(
-                    _timed,
-                    postprocess,
-                    decoded,
-                    model_input,
-                    inference,
-                    options,
-                    self.heatmap_max_side,
-                ),
-            )
-        stages = {
-            "decode": decode_s,
+        inference = await self.batchers[model.resolution].infer(
+            model_input.image, ctx.options.method, ctx.deadline
+        )
+        gate_findings = ctx.findings if self.gate_mode is GateMode.FLAG else []
+        answer = judge(model, inference, gate_findings, self.gate_mode)
+        if answer.assessed:
+            self.metrics.count_assessment(model.resolution, "assessed", "none")
+        for reason in answer.reasons:
+            self.metrics.count_assessment(model.resolution, "not_assessable", reason.code)
+        seconds = {
+            **ctx.seconds,
             "preprocess": preprocess_s,
             "queue": inference.queue_s,
             "inference": inference.inference_s,
-            "postprocess": post_s,
         }
-        self.metrics.observe_stages(model.resolution, stages)
-        probability = sigmoid(inference.logit)
-        timings = {k: round(v * 1000, 3) for k, v in stages.items()}
-        timings["total"] = round((time.perf_counter() - started) * 1000, 3)
-        return PredictResponse(
-            request_id=request_id,
-            model=model_block(model),
-            probability=probability,
-            threshold=model.threshold,
-            positive=probability >= model.threshold,
-            image=image_block(decoded),
-            saliency=explanation.saliency if explanation else None,
-            boxes=explanation.boxes if explanation else [],
-            timings_ms=Timings(**timings),
+        response = await loop.run_in_executor(
+            self.pool,
+            partial(self._explain_and_encode, ctx, model, model_input, inference, answer, seconds),
+        )
+        post_s = response.timings_ms.postprocess / 1000
+        self.metrics.observe_stages(model.resolution, {**seconds, "postprocess": post_s})
+        return response
+
+    def _explain_and_encode(
+        self,
+        ctx: RequestContext,
+        model: ServedModel,
+        model_input: ModelInput,
+        inference: Inference,
+        answer: Answer,
+        seconds: dict[str, float],
+    ) -> PredictResponse:
+        """explain + encode in one pool hop; ``timings_ms.postprocess`` is both."""
+        assert ctx.decoded is not None
+        started = time.perf_counter()
+        saliency: SaliencyResult | None = None
+        if ctx.options.explain:
+            saliency = explain(
+                inference.cam,
+                model_input.geometry,
+                ctx.options.saliency_threshold,
+                ctx.decoded.facts.pixel_spacing_mm,
+            )
+        return encode_response(
+            ctx=ctx,
+            model=model,
+            answer=answer,
+            saliency=saliency,
+            heatmap_max_side=self.heatmap_max_side,
+            seconds=seconds,
+            postprocess_started=started,
         )

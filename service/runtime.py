@@ -1,4 +1,4 @@
-"""What a running service holds: registry, batchers, pools, predictor, readiness.
+"""What a running service holds: registry, batchers, pools, the pipeline, readiness.
 
 :meth:`ServiceRuntime.start` loads and warms the models (refusing to start on a bad
 model file) and starts one batcher per resolution; only then is the runtime ready.
@@ -11,9 +11,10 @@ import asyncio
 import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 
+from cxrmodel.vocab import Device
 from service.batching import Batcher
 from service.metrics import Metrics
-from service.pipeline import Predictor
+from service.pipeline import Pipeline
 from service.registry import Registry, load_registry
 from service.settings import Settings
 
@@ -25,7 +26,7 @@ class ServiceRuntime:
         self.settings = settings
         self.metrics = metrics
         self.registry: Registry | None = None
-        self.predictor: Predictor | None = None
+        self.pipeline: Pipeline | None = None
         self.batchers: dict[int, Batcher] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.inference_pools: list[ThreadPoolExecutor] = []
@@ -39,7 +40,7 @@ class ServiceRuntime:
         self.registry = registry
         self.pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="sharpcxr-cpu")
         shared: Executor | None = None
-        if s.device == "cpu":
+        if s.device is Device.CPU:
             # One inference at a time across resolutions: each already uses
             # intra_op_threads cores, and overlapping them only oversubscribes the CPU.
             shared = self._inference_pool("sharpcxr-infer")
@@ -57,13 +58,14 @@ class ServiceRuntime:
             self.batchers[model.resolution] = batcher
             self.metrics.queue_depth.labels(str(model.resolution)).set(0)
             self.metrics.model_info.labels(
-                str(model.resolution), model.name, model.version, model.backend.name
+                str(model.resolution), model.entry.name, model.entry.version, model.backend.name
             ).set(1)
-        self.predictor = Predictor(
+        self.pipeline = Pipeline(
             registry,
             self.batchers,
             self.pool,
             self.metrics,
+            gate=s.gate,
             max_pixels=s.max_pixels,
             heatmap_max_side=s.heatmap_max_side,
             max_decode_backlog=s.max_queue + s.decode_workers,
@@ -74,8 +76,8 @@ class ServiceRuntime:
             "service ready",
             extra={
                 "resolutions": registry.resolutions,
-                "backend": s.backend,
-                "models": [m.name for m in registry],
+                "backend": s.backend.value,
+                "models": [m.entry.name for m in registry],
             },
         )
 

@@ -31,6 +31,13 @@ class ImageBlock(BaseModel):
     transfer_syntax_uid: str | None
     modality: str | None
     bits_stored: int | None = None
+    body_part_examined: str | None = None
+    view_position: str | None = None
+    voi_fallback: str | None = Field(
+        None,
+        description="set when the header's window left no contrast and the full stored "
+        "range was used instead (what the model saw)",
+    )
 
 
 class MaskBlock(BaseModel):
@@ -70,8 +77,33 @@ class BoxOut(BaseModel):
     area_mm2: float | None
 
 
+class Reason(BaseModel):
+    code: str = Field(
+        examples=["not_chest"],
+        description="unsupported_modality | not_chest | lateral_view | not_for_presentation | "
+        "blank_image | out_of_distribution",
+    )
+    message: str = Field(description="what is wrong, for a radiographer; no patient data")
+
+
+class AssessmentBlock(BaseModel):
+    status: Literal["assessed", "not_assessable"] = Field(
+        description="not_assessable: the answer means nothing for this image; `positive` is "
+        "null and the probability is shown for reference only"
+    )
+    reasons: list[Reason] = Field(description="why not assessable; empty when assessed")
+
+
+class OodBlock(BaseModel):
+    score: float = Field(description="the model's out-of-distribution score for this image")
+    threshold: float = Field(description="scores above it are out of distribution")
+    in_distribution: bool
+    method: str = Field(examples=["mahalanobis"])
+
+
 class Timings(BaseModel):
     decode: float
+    gate: float
     preprocess: float
     queue: float
     inference: float
@@ -82,9 +114,18 @@ class Timings(BaseModel):
 class PredictResponse(BaseModel):
     request_id: str
     model: ModelBlock
-    probability: float = Field(ge=0.0, le=1.0)
-    threshold: float
-    positive: bool
+    probability: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="calibrated pneumothorax probability (temperature scaling); when the "
+        "assessment is not_assessable it is shown for reference only",
+    )
+    threshold: float = Field(description="operating point on the calibrated probability")
+    positive: bool | None = Field(
+        description="probability >= threshold; null when the image is not assessable"
+    )
+    assessment: AssessmentBlock
+    ood: OodBlock
     image: ImageBlock
     saliency: SaliencyBlock | None = Field(
         None, description="null when the request asked for explain=false"
@@ -95,6 +136,26 @@ class PredictResponse(BaseModel):
 
 class CompareResponse(BaseModel):
     results: list[PredictResponse]
+
+
+class CalibrationInfo(BaseModel):
+    method: str
+    temperature: float
+    fitted_on: str
+    ece: dict[str, dict[str, Any]] = Field(
+        description="expected calibration error before/after, per data set"
+    )
+
+
+class OodInfo(BaseModel):
+    method: str
+    feature: str
+    threshold: float
+    threshold_rule: str
+    fitted_on: str
+    flagged: dict[str, dict[str, Any]] = Field(
+        description="fraction of each data set scored out of distribution"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -110,6 +171,8 @@ class ModelInfo(BaseModel):
     threshold_rule: str
     labels: list[str]
     intended_use: str
+    calibration: CalibrationInfo
+    ood: OodInfo
     metrics: dict[str, Any]
 
 

@@ -8,12 +8,29 @@ explicitly. Lists accept a comma-separated string (``SHARPCXR_RESOLUTIONS=256,51
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cxrmodel.resolution import RULE, check_resolution
+from cxrmodel.vocab import Backend, Device
+
+
+class GateMode(StrEnum):
+    """What the gate does with an image the model should not assess (DESIGN, v1 additions).
+
+    ``refuse``: header and blank-image findings are a 422 with the finding's code; an
+    out-of-distribution score is flagged (200, ``not_assessable``). ``flag``: every finding
+    is a 200 with ``not_assessable``. ``off``: no gate (the OOD score is still reported).
+    """
+
+    REFUSE = "refuse"
+    FLAG = "flag"
+    OFF = "off"
 
 
 def _split_commas(value: Any) -> Any:
@@ -40,8 +57,11 @@ class Settings(BaseSettings):
     default_resolution: int | None = Field(
         None, description="resolution when a request names none; unset = the highest loaded"
     )
-    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
-    device: Literal["cpu", "cuda"] = "cpu"
+    backend: Backend = Backend.ONNXRUNTIME
+    device: Device = Device.CPU
+    gate: GateMode = Field(
+        GateMode.REFUSE, description="refuse | flag | off: what happens to unassessable images"
+    )
 
     # --- batching and load
     max_batch_size: int = Field(8, ge=1, le=256)
@@ -86,10 +106,15 @@ class Settings(BaseSettings):
 
     @field_validator("resolutions")
     @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        bad = [r for r in value if r < 32 or r % 32]
+    def _resolution_rule(cls, value: list[int]) -> list[int]:
+        bad = []
+        for resolution in value:
+            try:
+                check_resolution(resolution)
+            except ValueError:
+                bad.append(resolution)
         if bad:
-            raise ValueError(f"resolutions must be positive multiples of 32, got {bad}")
+            raise ValueError(f"resolutions must each be {RULE}, got {bad}")
         return sorted(set(value))
 
     @model_validator(mode="after")
@@ -104,10 +129,6 @@ class Settings(BaseSettings):
                 f"resolutions {self.resolutions}"
             )
         return self
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
 
     def api_key_bytes(self) -> list[bytes]:
         return [key.get_secret_value().encode() for key in self.api_keys]

@@ -1,7 +1,9 @@
-"""The ``sharpcxr`` command line: one sub-command per job (see DESIGN.md, Command line).
+"""The ``sharpcxr`` command line: one sub-command per job (see docs/DESIGN.md, Command line).
 
 Each sub-command lives next to the code it drives; this module only wires them up, so
-importing it stays cheap (heavy imports happen inside the handlers).
+importing it and building the parser stay cheap: ``sharpcxr --help`` and every
+sub-command's ``--help`` import neither torch nor the training loop (heavy imports happen
+inside the handlers; ``tests/test_cli.py`` checks it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from cxrmodel.resolution import RULE as RESOLUTION_RULE
+from cxrmodel.resolution import check_resolution
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the input was refused (not DICOM, corrupt, cannot be assessed)
@@ -29,7 +34,9 @@ def _add_inspect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
     )
     p.add_argument("file", type=Path, help="a DICOM file (Part 10 or a bare dataset)")
-    p.add_argument("--resolution", type=int, default=1024, help="model input size R (64..2048)")
+    p.add_argument(
+        "--resolution", type=int, default=1024, help=f"model input size R, {RESOLUTION_RULE}"
+    )
     p.add_argument("--out", type=Path, help="write the R x R model input here as PNG")
     p.add_argument(
         "--max-pixels", type=int, default=None, help="pixel budget (default: 36,000,000)"
@@ -44,11 +51,10 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from imaging.errors import ImagingError
     from imaging.preprocess import model_input_to_display, preprocess
 
-    if not 64 <= args.resolution <= 2048:
-        print(
-            f"sharpcxr inspect: --resolution must be in 64..2048, got {args.resolution}",
-            file=sys.stderr,
-        )
+    try:
+        check_resolution(args.resolution)
+    except ValueError as exc:
+        print(f"sharpcxr inspect: --resolution: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         data = args.file.read_bytes()

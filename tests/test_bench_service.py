@@ -19,10 +19,11 @@ import torch
 
 from benchmarks import bench_service as bs
 from benchmarks.bench_decode import BASELINE, phantom_bytes
+from cxrmodel.manifest import read_manifest
+from cxrmodel.networks import build_model
 from imaging.saliency import decode_mask_png
-from training.architectures import build_model
-
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+from service.registry import load_registry
+from service.settings import Settings
 
 
 def test_latency_stats_and_stage_medians() -> None:
@@ -148,21 +149,31 @@ def test_parse_args_defaults_and_smoke_flags() -> None:
         bs.parse_args(["--families", "resnet"])
 
 
-needs_demo_models = pytest.mark.skipif(
-    not (MODELS_DIR / "manifest.json").is_file()
-    or not (MODELS_DIR / "sharpcxr-demo-compact-256.pt").is_file(),
-    reason="demo models missing: run `make models`",
-)
-
-
-@needs_demo_models
-def test_copy_demo_models(tmp_path: Path) -> None:
-    entries = bs.copy_demo_models(MODELS_DIR, tmp_path, [256])
+def test_copy_demo_models(models_dir: Path, tmp_path: Path) -> None:
+    """Copying a models folder's entries (here the test models, built like the demo's)."""
+    entries = bs.copy_demo_models(models_dir, tmp_path, [256])
     assert [e["resolution"] for e in entries] == [256]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest == {"models": entries}
+    assert set(entries[0]["files"]) == {"onnx", "pt", "ood"}
     for spec in entries[0]["files"].values():
         assert (tmp_path / spec["path"]).is_file()
+    read_manifest(tmp_path)  # still a valid manifest
+
+
+def test_untrained_densenet_models_are_servable(tmp_path: Path) -> None:
+    """The benchmark's DenseNet-121 folder passes the registry's checks and loads: its
+    OOD statistics fit its embeddings (1024 features), its calibration is recorded."""
+    [entry] = bs.build_densenet_models(tmp_path, [64])
+    assert entry["outputs"]["embedding"] == [None, 1024]
+    assert entry["calibration"]["temperature"] == 1.0
+    registry = load_registry(Settings(models_dir=tmp_path, max_batch_size=1))
+    try:
+        model = registry.get(64)
+        assert model.statistics.size == 1024 and model.ood.threshold > 0
+    finally:
+        registry.close()
+    assert bs.build_densenet_models(tmp_path, [64]) == [entry]  # reused, not re-exported
 
 
 def positive_cam_checkpoint(path: Path, resolution: int = 256) -> Path:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import SIIM_FILE, make_dicom
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sharpcxr(*args: str) -> subprocess.CompletedProcess[str]:
@@ -96,3 +100,52 @@ def test_phantoms_rejects_bad_arguments(tmp_path: Path) -> None:
     result = sharpcxr("phantoms", str(tmp_path / "x"), "--transfer-syntax", "htj2k")
     assert result.returncode == 2
     assert "HTJ2K" in result.stderr
+
+
+def test_inspect_resolution_follows_the_shared_rule(tmp_path: Path) -> None:
+    refused = sharpcxr("inspect", str(SIIM_FILE), "--resolution", "100")
+    assert refused.returncode == 2
+    assert "a multiple of 32 in 32..2048" in refused.stderr and "100" in refused.stderr
+    assert sharpcxr("inspect", str(SIIM_FILE), "--resolution", "4096").returncode == 2
+    out = tmp_path / "input.png"
+    accepted = sharpcxr("inspect", str(SIIM_FILE), "--resolution", "32", "--out", str(out))
+    assert accepted.returncode == 0, accepted.stderr
+    assert np.asarray(Image.open(out)).shape == (32, 32)
+
+
+# ``--help`` in a fresh interpreter: it must not import torch or the training loop (7 s),
+# and it must stay quick (about 0.8 s here; the bound leaves room for noisy CI machines).
+HELP_PROBE = """
+import contextlib, io, json, sys
+from sharpcxr.cli import main
+out = io.StringIO()
+try:
+    with contextlib.redirect_stdout(out):
+        main(sys.argv[1:])
+    code = None
+except SystemExit as exc:
+    code = exc.code
+heavy = [m for m in ("torch", "training.loop", "cxrmodel.networks") if m in sys.modules]
+print(json.dumps({"code": code, "heavy": heavy, "help": out.getvalue()}))
+"""
+HELP_BOUND_S = 5.0
+
+
+@pytest.mark.parametrize(
+    "command", ["", "phantoms", "inspect", "train", "export", "study", "serve"]
+)
+def test_help_imports_no_torch_and_is_quick(command: str) -> None:
+    argv = [command, "--help"] if command else ["--help"]
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, *argv],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    print(f"sharpcxr {' '.join(argv)}: {seconds:.2f} s")
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["code"] == 0
+    assert probe["heavy"] == [], f"--help imported {probe['heavy']}"
+    assert probe["help"].startswith("usage: sharpcxr")
+    assert seconds < HELP_BOUND_S, f"sharpcxr {' '.join(argv)} took {seconds:.1f} s"

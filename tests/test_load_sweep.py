@@ -27,7 +27,6 @@ from load_tests.sweep import (
     render_table,
 )
 from tests.e2e.conftest import Server, free_port
-from tests.service.conftest import models_dir  # noqa: F401 - the session fixture
 
 # --- percentiles
 
@@ -172,7 +171,7 @@ def test_no_service_is_one_line_and_exit_2(
 
 @pytest.fixture(scope="module")
 def sweep_server(
-    models_dir: Path,  # noqa: F811
+    models_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     s = Server(models_dir, tmp_path_factory.mktemp("sweep") / "service.log")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import types
 import typing
 from pathlib import Path
 
+from cxrmodel.resolution import RULE as RESOLUTION_RULE
 from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ _HELP = {
     "dataset": "phantoms | siim | nih | chexpert",
     "data_root": "dataset folder (SIIM layout for phantoms/siim)",
     "labels": "pneumothorax | all (NIH/CheXpert 14 findings)",
-    "resolution": "model input size R (64..1024 typical)",
+    "resolution": f"model input size R, {RESOLUTION_RULE} (64..1024 typical)",
     "architecture": "densenet121 | compact (small DenseNet for CPU demos)",
     "downsample": "standard | blurpool | flc | asap (internal anti-aliasing)",
     "pretrained": "local torchvision ImageNet state dict (nothing is downloaded)",
@@ -59,6 +61,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=_HELP.get(f.name))  # fmt: skip
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            # Plain strings with choices (argparse lists them on a bad value); the config
+            # turns them into the enum.
+            parser.add_argument(
+                flag,
+                choices=[m.value for m in kind],
+                default=default.value,
+                help=f"{_HELP.get(f.name, '')} (default: {default.value})",
+            )
         else:
             parser.add_argument(flag, type=kind, default=default,
                                 help=f"{_HELP.get(f.name, '')} (default: {default})")  # fmt: skip

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
-DATASETS = ("phantoms", "siim", "nih", "chexpert")
+from cxrmodel.resolution import check_resolution
+from cxrmodel.vocab import Architecture, Dataset, Downsample
+
 LR_SCHEDULES = ("plateau", "cosine")
 
 
@@ -30,7 +33,7 @@ def default_batch_size(resolution: int) -> int:
 @dataclass
 class TrainConfig:
     # ---- data ------------------------------------------------------------------------
-    dataset: str = "phantoms"  # phantoms | siim | nih | chexpert
+    dataset: Dataset = Dataset.PHANTOMS  # phantoms | siim | nih | chexpert
     data_root: str = "data/phantoms/train"
     labels: str = "pneumothorax"  # pneumothorax | all (NIH / CheXpert: the 14 findings)
     chexpert_csv: str | None = None  # CheXpert: train.csv (data_root = the folder above Path)
@@ -44,8 +47,8 @@ class TrainConfig:
     cache_dir: str | None = "data/cache"  # preprocessed model inputs (None: memory only)
     # ---- model -----------------------------------------------------------------------
     resolution: int = 1024
-    architecture: str = "densenet121"  # densenet121 | compact (CPU demos)
-    downsample: str = "standard"  # standard | blurpool | flc | asap
+    architecture: Architecture = Architecture.DENSENET121  # densenet121 | compact (CPU demos)
+    downsample: Downsample = Downsample.STANDARD  # standard | blurpool | flc | asap
     pretrained: str | None = None  # local torchvision ImageNet state dict; nothing downloads
     init_from: str | None = None  # a sharpcxr checkpoint whose weights start this run (e.g.
     # the same architecture trained at a lower resolution: progressive resizing)
@@ -82,6 +85,12 @@ class TrainConfig:
     max_train_batches: int | None = None  # per epoch (smoke tests)
     progress: bool = True  # tqdm progress bars
 
+    def __post_init__(self) -> None:
+        # The vocabularies accept their strings (from flags, dicts, old checkpoints).
+        self.dataset = enum_member(Dataset, self.dataset, "dataset")
+        self.architecture = enum_member(Architecture, self.architecture, "architecture")
+        self.downsample = enum_member(Downsample, self.downsample, "downsample")
+
     @property
     def effective_batch_size(self) -> int:
         return self.batch_size or default_batch_size(self.resolution)
@@ -93,14 +102,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and the allowed values."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.labels not in ("pneumothorax", "all"):
             raise ValueError(f"labels must be 'pneumothorax' or 'all', got {self.labels!r}")
         if self.dataset == "chexpert" and not self.chexpert_csv:
             raise ValueError("CheXpert needs --chexpert-csv (the train.csv of the release)")
-        if not 16 <= self.resolution <= 2048:
-            raise ValueError(f"resolution must be in 16..2048, got {self.resolution}")
+        check_resolution(self.resolution)
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.folds > 1 and not 0 <= self.fold < self.folds:
@@ -115,10 +121,35 @@ class TrainConfig:
             raise ValueError("gradient_checkpointing must be auto, on or off")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able values (enums as their strings)."""
+        plain: dict[str, Any] = json_plain(dataclasses.asdict(self))
+        return plain
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from a checkpoint's dict, ignoring keys of other versions."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def enum_member(enum: type[E], value: object, name: str) -> E:
+    """``enum(value)``, or ``ValueError`` naming the field and the allowed values."""
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in enum)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def json_plain(value: Any) -> Any:
+    """``value`` with every enum replaced by its value, recursively (dicts, lists, tuples)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: json_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(json_plain(v) for v in value)
+    return value

@@ -16,6 +16,8 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch.utils.data import DataLoader
 
+from cxrmodel.networks import CXRClassifier
+
 THRESHOLD_RULE = (
     "Youden's J (max sensitivity + specificity - 1) on the patient-level validation split"
 )
@@ -23,7 +25,9 @@ THRESHOLD_RULE = (
 
 @dataclass(frozen=True)
 class Predictions:
-    """``logits``, ``probabilities`` and ``labels``: ``[N, L]`` (labels NaN = unknown).
+    """``logits``, ``probabilities`` and ``labels``: ``[N, L]`` (labels NaN = unknown);
+    ``embeddings``: ``[N, C]``, the pooled features the classifier read (the exported
+    graph's ``embedding`` output; the out-of-distribution score's input).
 
     Rank metrics use the logits: far outside the training distribution a sigmoid in
     float32 saturates to exactly 0 or 1, and ties would hide the model's ranking.
@@ -32,21 +36,24 @@ class Predictions:
     logits: npt.NDArray[np.float64]
     probabilities: npt.NDArray[np.float64]
     labels: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float64]
     loss: float  # mean binary cross-entropy over known labels
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> Predictions:
-    """Sigmoid probabilities for every item of ``loader`` (model in eval mode)."""
+def predict(model: CXRClassifier, loader: DataLoader, device: torch.device) -> Predictions:
+    """Logits, probabilities and embeddings for every item of ``loader`` (eval mode)."""
     was_training = model.training
     model.eval()
     logits_all: list[np.ndarray] = []
+    embeddings: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     loss_sum, count = 0.0, 0
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         target = batch["label"].to(device)
-        logits = model(images).float()
+        logits, _, embedding = model.forward_explained(images)
+        logits = logits.float()
         known = ~torch.isnan(target)
         if known.any():
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
@@ -55,6 +62,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
             loss_sum += float(loss)
             count += int(known.sum())
         logits_all.append(logits.double().cpu().numpy())
+        embeddings.append(embedding.double().cpu().numpy())
         labels.append(target.cpu().numpy())
     model.train(was_training)
     logits_np = np.concatenate(logits_all)
@@ -62,6 +70,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
         logits=logits_np,
         probabilities=1.0 / (1.0 + np.exp(-logits_np)),
         labels=np.concatenate(labels).astype(np.float32),
+        embeddings=np.concatenate(embeddings),
         loss=loss_sum / max(count, 1),
     )
 

@@ -7,7 +7,11 @@ ONNX I/O (DESIGN.md, "Model artifacts"):
 * output ``logit``: float32 ``[N, num_classes]`` (``[N, 1]`` for the pneumothorax models);
 * output ``cam``: float32 ``[N, R/32, R/32]``, the raw (unnormalised) Grad-CAM of
   **class 0** computed in closed form inside the graph (multi-label models export the
-  logits of every class but the CAM of class 0 only).
+  logits of every class but the CAM of class 0 only);
+* output ``embedding``: float32 ``[N, C]``, the pooled features the classifier reads
+  (the out-of-distribution score's input), from the same forward pass.
+
+Names and shapes are the contract of :mod:`cxrmodel.interface`.
 
 The file is a single self-contained ``.onnx`` (weights inline, no external data; DenseNet-121
 is ~28 MB) exported with the dynamo exporter, checked with ``onnx.checker`` and carrying
@@ -18,7 +22,6 @@ is ~28 MB) exported with the dynamo exporter, checked with ``onnx.checker`` and 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -29,29 +32,24 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from cxrmodel.interface import CAM_CLASS_INDEX, INPUT, OUTPUTS
+from cxrmodel.networks import CXRClassifier
+from cxrmodel.resolution import check_resolution
+from cxrmodel.tensorrt import INSTALL_HINT, import_tensorrt, tensorrt_status
 from imaging.preprocess import NORMALISATION
-from training.architectures import CXRClassifier
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logit", "cam")
-_INSTALL_HINT = (
-    "TensorRT plans need the TensorRT 10 Python package and a CUDA GPU: "
-    "`pip install tensorrt` (matching the CUDA of torch) on a machine where "
-    "torch.cuda.is_available() is True"
-)
-
 
 class _ExportHead(nn.Module):
-    """``image [N, 1, R, R] -> (logit [N, num_classes], cam [N, R/32, R/32])`` of class 0."""
+    """``image [N, 1, R, R] -> (logit [N, K], cam [N, R/32, R/32], embedding [N, C])``."""
 
     def __init__(self, model: CXRClassifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.forward_with_cam(image, 0)
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.forward_explained(image, CAM_CLASS_INDEX)
 
 
 def export_onnx(
@@ -61,8 +59,7 @@ def export_onnx(
 
     The caller's model is not modified (a CPU copy is exported).
     """
-    if resolution < 32 or resolution % 32:
-        raise ValueError(f"resolution must be a positive multiple of 32, got {resolution}")
+    check_resolution(resolution)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
@@ -76,8 +73,8 @@ def export_onnx(
     program = torch.onnx.export(
         head,
         (example,),
-        input_names=[INPUT_NAME],
-        output_names=list(OUTPUT_NAMES),
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
         opset_version=opset,
         dynamo=True,
         external_data=False,
@@ -93,11 +90,12 @@ def export_onnx(
         "architecture": net.architecture,
         "downsample": net.downsample,
         "num_classes": str(net.num_classes),
-        "cam_class_index": "0",
+        "cam_class_index": str(CAM_CLASS_INDEX),
         "normalisation": json.dumps(NORMALISATION, sort_keys=True),
-        "input": f"{INPUT_NAME} float32 [N,1,{resolution},{resolution}]",
+        "input": f"{INPUT} float32 [N,1,{resolution},{resolution}]",
         "outputs": f"logit float32 [N,{net.num_classes}]; cam float32 "
-        f"[N,{resolution // 32},{resolution // 32}] raw Grad-CAM of class 0",
+        f"[N,{resolution // 32},{resolution // 32}] raw Grad-CAM of class 0; embedding "
+        f"float32 [N,{net.embedding_size}] pooled features",
     }
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -114,24 +112,6 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file as a dict (no weights are parsed twice)."""
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def tensorrt_available() -> bool:
-    """True when ``import tensorrt`` works and torch sees a CUDA device."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def _make_calibrator(trt: Any, data: np.ndarray, batch_size: int) -> Any:
@@ -196,9 +176,10 @@ def build_tensorrt_plan(
     calibration (batches of ``min(K, max_batch)``). A plan is specific to the GPU model
     and TensorRT version that built it. Raises ``RuntimeError`` without TensorRT / CUDA.
     """
-    if not tensorrt_available():
-        raise RuntimeError(_INSTALL_HINT)
-    import tensorrt as trt
+    available, reason = tensorrt_status()
+    if not available:
+        raise RuntimeError(f"cannot build a TensorRT plan: {reason}; {INSTALL_HINT}")
+    trt = import_tensorrt()
 
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -220,7 +201,7 @@ def build_tensorrt_plan(
     shape_min = (1, 1, resolution, resolution)
     shape_max = (max_batch, 1, resolution, resolution)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, shape_min, shape_max, shape_max)
+    profile.set_shape(INPUT, shape_min, shape_max, shape_max)
     config.add_optimization_profile(profile)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -236,7 +217,7 @@ def build_tensorrt_plan(
         # Calibration runs at one fixed shape: the profile's opt shape.
         calib_shape = (calib_batch, 1, resolution, resolution)
         calib_profile = builder.create_optimization_profile()
-        calib_profile.set_shape(INPUT_NAME, calib_shape, calib_shape, calib_shape)
+        calib_profile.set_shape(INPUT, calib_shape, calib_shape, calib_shape)
         config.set_calibration_profile(calib_profile)
 
     serialized = builder.build_serialized_network(network, config)

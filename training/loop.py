@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from training.architectures import CXRClassifier, build_model
+from cxrmodel.checkpoint import load_checkpoint, save_checkpoint, use_channels_last
+from cxrmodel.networks import build_model
 from training.config import TrainConfig
 from training.data import label_names, load_records, split_records
 from training.datasets import Augment, CXRDataset, PreprocessCache
@@ -81,33 +82,6 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write never leaves a half checkpoint behind."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    return state
-
-
-def model_from_checkpoint(state: dict[str, Any], *, channels_last: bool = False) -> CXRClassifier:
-    """Rebuild the model of a checkpoint (eval mode, CPU); ``channels_last`` for fast
-    inference in torch (see :func:`use_channels_last`), not for export."""
-    config = dict(state["model_config"])
-    model = build_model(
-        architecture=config["architecture"],
-        downsample=config["downsample"],
-        num_classes=int(config["num_classes"]),
-    )
-    model.load_state_dict(state["model_state"])
-    if channels_last:
-        use_channels_last(model)
-    return model.eval()
-
-
 def _loader(
     dataset: CXRDataset, batch_size: int, *, shuffle: bool, workers: int, seed: int,
     world: int, rank: int,
@@ -130,22 +104,19 @@ def _loader(
     )
 
 
-def use_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Convert ``model``'s 4-d parameters to channels-last (NHWC) memory format, in place.
-
-    Inputs need no conversion: with one input channel NCHW and NHWC are the same bytes,
-    and a convolution with channels-last weights returns channels-last activations. On CPU
-    oneDNN then runs its NHWC kernels without layout reorders (see
-    ``benchmarks/results/training.md``); values agree with NCHW to float rounding.
-    """
-    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
-
-
 def _better(auroc: float, loss: float, best_auroc: float, best_loss: float) -> bool:
     """Best by validation AUROC; by loss while AUROC is undefined (one class only)."""
     if math.isnan(auroc):
         return math.isnan(best_auroc) and loss < best_loss
     return math.isnan(best_auroc) or auroc > best_auroc
+
+
+def _budget_left(budget_s: float | None, started: float) -> str:
+    """``", 42 s of the 60 s budget left"`` for a log line; empty without a budget."""
+    if budget_s is None:
+        return ""
+    left = max(0.0, budget_s - (time.monotonic() - started))
+    return f", {left:.0f} s of the {budget_s:.0f} s budget left"
 
 
 # ------------------------------------------------------------------------ the loop
@@ -182,7 +153,11 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
     val_loader = _loader(val_set, batch, shuffle=False, workers=workers, seed=cfg.seed,
                          world=1, rank=0)  # fmt: skip
     if is_main:
-        logger.info("data", extra={"train": len(train_set), "val": len(val_set), "labels": labels})
+        logger.info(
+            "%d px data: %d training and %d validation images, labels %s",
+            cfg.resolution, len(train_set), len(val_set), ", ".join(labels),
+            extra={"train": len(train_set), "val": len(val_set), "labels": labels},
+        )  # fmt: skip
 
     # ---- model, optimiser, schedule
     model = build_model(
@@ -236,7 +211,13 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
         threshold, history = state["threshold"], state["history"]
         resumed_progress = float(state.get("schedule", {}).get("progress", 0.0))
         if is_main:
-            logger.info("resumed", extra={"epoch": start_epoch, "from": str(last_path)})
+            logger.info(
+                "%d px: resumed at epoch %d from %s",
+                cfg.resolution,
+                start_epoch,
+                last_path,
+                extra={"epoch": start_epoch, "from": str(last_path)},
+            )
 
     model_config = {**model.config(), "resolution": cfg.resolution, "labels": labels}
 
@@ -315,7 +296,11 @@ def train(cfg: TrainConfig, *, trial: Any = None) -> TrainResult:
                 "best_val_loss": best_loss, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
                 "threshold": threshold, "history": history,
             })  # fmt: skip
-            logger.info("epoch", extra=stats)
+            logger.info(
+                "%d px epoch %d: train loss %.4f, validation loss %.4f, validation AUROC %.3f, "
+                "lr %.1e%s", cfg.resolution, epoch, stats["train_loss"], val.loss, val_auroc,
+                stats["lr"], _budget_left(cfg.time_budget_s, started), extra=stats,
+            )  # fmt: skip
             if cfg.progress:
                 tqdm.write(
                     f"epoch {epoch}: train {stats['train_loss']:.4f} val {val.loss:.4f} "

@@ -28,9 +28,6 @@ from scipy import stats as _stats
 
 FloatArray = npt.NDArray[np.float64]
 
-#: two-sided 95% normal quantile
-Z_95 = 1.959963984540054
-
 
 @dataclass(frozen=True)
 class DelongResult:

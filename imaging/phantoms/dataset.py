@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 
 from imaging.dicom_writer import resolve_transfer_syntax, write_dicom
 from imaging.phantoms.acquisition import (
@@ -168,6 +169,49 @@ def generate_phantom(
     return Phantom(display, mask, lung, metadata)
 
 
+def encode_phantom(
+    ph: Phantom,
+    profile: SiteProfile,
+    *,
+    transfer_syntax: str = "explicit-le",
+    bits_stored: int = 12,
+    uid_entropy: tuple[object, ...] | None = None,
+    patient_name: str = "PHANTOM^SYNTHETIC",
+    patient_id: str = "SHARPCXR-PHANTOM",
+) -> tuple[bytes, Dataset]:
+    """One phantom as DICOM Part 10 bytes, the way its site stores it: quantised to
+    ``bits_stored`` in the site's photometric interpretation, its pixel spacing, the site's
+    default window and rescale; returns ``(bytes, dataset)``. Every phantom written to disk
+    goes through here, so a phantom encoded alone (in a test, say) is stored exactly as its
+    training set was. ``uid_entropy`` makes the UIDs deterministic (default: from the
+    phantom's site, index and size)."""
+    ts = resolve_transfer_syntax(transfer_syntax)
+    top = (1 << bits_stored) - 1
+    stored = quantise(ph.pixels, bits_stored, profile.photometric)
+    spacing = float(ph.metadata["pixel_spacing_mm"])
+    # Default window spans the central part of the stored range (values are already
+    # display-ready; a viewer without VOI handling still sees the whole image).
+    window = (top / 2.0, top * 0.9) if profile.window else None
+    buffer = io.BytesIO()
+    ds = write_dicom(
+        buffer,
+        stored,
+        transfer_syntax=ts,
+        bits_stored=bits_stored,
+        photometric=profile.photometric,
+        modality=profile.modality,
+        pixel_spacing_mm=(spacing, spacing),
+        window=window,
+        rescale=(1.0, 0.0) if profile.rescale else None,
+        uid_entropy=uid_entropy
+        or ("sharpcxr-phantom", profile.name, ph.metadata["index"], *stored.shape, bits_stored),
+        patient_name=patient_name,
+        patient_id=patient_id,
+        institution=f"SHARPCXR SYNTHETIC SITE {profile.name.upper()}",
+    )
+    return buffer.getvalue(), ds
+
+
 def write_phantom_dataset(
     out_dir: str | Path,
     n: int,
@@ -203,7 +247,6 @@ def write_phantom_dataset(
     profile = site_profile(site, **overrides)
     rows = rows or size
     columns = columns or size
-    top = (1 << bits_stored) - 1
 
     records: list[dict[str, Any]] = []
     csv_rows: list[tuple[str, str]] = []
@@ -211,22 +254,11 @@ def write_phantom_dataset(
         ph = generate_phantom(
             seed, index, profile, rows, columns, positive_fraction=positive_fraction
         )
-        stored = quantise(ph.pixels, bits_stored, profile.photometric)
-        spacing = float(ph.metadata["pixel_spacing_mm"])
-        # Default window spans the central part of the stored range (values are already
-        # display-ready; a viewer without VOI handling still sees the whole image).
-        window = (top / 2.0, top * 0.9) if profile.window else None
-        buffer = io.BytesIO()
-        ds = write_dicom(
-            buffer,
-            stored,
+        data, ds = encode_phantom(
+            ph,
+            profile,
             transfer_syntax=ts,
             bits_stored=bits_stored,
-            photometric=profile.photometric,
-            modality=profile.modality,
-            pixel_spacing_mm=(spacing, spacing),
-            window=window,
-            rescale=(1.0, 0.0) if profile.rescale else None,
             uid_entropy=(
                 "sharpcxr-phantom",
                 seed,
@@ -239,10 +271,9 @@ def write_phantom_dataset(
             ),
             patient_name=f"PHANTOM^SITE{profile.name.upper()}^{index:06d}",
             patient_id=f"SHARPCXR-{profile.name.upper()}-{seed}-{index:06d}",
-            institution=f"SHARPCXR SYNTHETIC SITE {profile.name.upper()}",
         )
         uid = str(ds.SOPInstanceUID)
-        (out / "dicom" / f"{uid}.dcm").write_bytes(buffer.getvalue())
+        (out / "dicom" / f"{uid}.dcm").write_bytes(data)
         csv_rows.append((uid, encode_siim_rle(ph.mask)))
         records.append({"image_id": uid, "file": f"dicom/{uid}.dcm", **ph.metadata})
         logger.info("phantom %d/%d %s positive=%s", index + 1, n, uid, ph.metadata["pneumothorax"])

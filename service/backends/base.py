@@ -1,10 +1,11 @@
 """The one small interface every inference backend implements.
 
 A backend owns one model at one resolution. The service hands it a batch of
-preprocessed model inputs and gets back, per image, the pneumothorax logit and the raw
-Grad-CAM at the model's feature grid. Everything else (decoding, letterbox geometry,
-normalising the CAM, mask, boxes, encoding) is shared code in :mod:`imaging`, so switching
-backends changes only these two arrays.
+preprocessed model inputs and gets back, per image, the pneumothorax logit, the raw
+Grad-CAM at the model's feature grid and the embedding (the pooled features): the three
+outputs of :mod:`cxrmodel.interface`. Everything else (decoding, letterbox geometry,
+normalising the CAM, mask, boxes, the OOD score, calibration, encoding) is shared code,
+so switching backends changes only these three arrays.
 
 Pixel convention of ``images`` (checked by :func:`check_batch`): float32
 ``[N, 1, R, R]``, C-contiguous, normalised exactly as :func:`imaging.preprocess.preprocess`
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import UnsupportedMethodError
+from cxrmodel.manifest import ModelFileError
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -37,17 +38,20 @@ class InferenceOutput:
     ``cams``: float32 ``[N, G, G]`` with ``G = R / 32``: the raw, unnormalised saliency of
     each image over the whole ``R x R`` input (letterbox padding included);
     :func:`imaging.saliency.explain` normalises and maps it to the original grid.
+    ``embeddings``: float32 ``[N, C]``, the pooled features the classifier read.
     """
 
     logits: FloatArray
     cams: FloatArray
+    embeddings: FloatArray
 
 
 class Backend(ABC):
     """One loaded model at one resolution; thread-compatible (one ``infer`` at a time).
 
     Subclasses set ``resolution`` and ``name`` and implement :meth:`infer`; a backend that
-    offers saliency methods beyond Grad-CAM lists them in ``methods``.
+    offers saliency methods beyond Grad-CAM lists them in ``methods``. The caller checks a
+    requested method against ``methods`` once, before queueing (``infer`` trusts it).
     """
 
     #: e.g. ``"onnxruntime:CPUExecutionProvider"``, ``"tensorrt:fp16"``, ``"torch:cpu"``.
@@ -62,26 +66,25 @@ class Backend(ABC):
     def infer(self, images: FloatArray, method: str = DEFAULT_METHOD) -> InferenceOutput:
         """Run the model on ``images`` float32 ``[N, 1, R, R]`` (see the module docstring)."""
 
-    def warm(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+    def warm(self, batch_sizes: tuple[int, ...], embedding_size: int) -> None:
         """Run zeros through the model at each batch size: lazy initialisation, kernel
-        selection and memory-arena growth happen here, not on the first request."""
+        selection and memory-arena growth happen here, not on the first request. The
+        outputs are checked against the manifest's ``embedding_size`` (a mismatch is a
+        :class:`ModelFileError`: the statistics of the OOD score would not fit)."""
         r = self.resolution
         for n in batch_sizes:
             if self.max_batch is not None and n > self.max_batch:
                 continue
-            self.infer(np.zeros((n, 1, r, r), dtype=np.float32))
+            out = self.infer(np.zeros((n, 1, r, r), dtype=np.float32))
+            if out.embeddings.shape != (n, embedding_size):
+                raise ModelFileError(
+                    f"the {self.name} model at {r} px gives embeddings of shape "
+                    f"{list(out.embeddings.shape)}, the manifest says [N, {embedding_size}]; "
+                    "re-export it with `sharpcxr export`"
+                )
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release what the backend holds (sessions, engines, device buffers)."""
-
-    def describe(self) -> dict[str, Any]:
-        """Facts for ``/v1/models`` and logs (no paths, no secrets)."""
-        return {"backend": self.name, "methods": list(self.methods), "max_batch": self.max_batch}
-
-    def check_method(self, method: str) -> None:
-        """Raise :class:`UnsupportedMethodError` (422) when ``method`` is not offered."""
-        if method not in self.methods:
-            raise UnsupportedMethodError(method, self.name, self.methods)
 
 
 def check_batch(images: npt.NDArray[Any], resolution: int) -> FloatArray:
@@ -98,13 +101,30 @@ def check_batch(images: npt.NDArray[Any], resolution: int) -> FloatArray:
     return np.ascontiguousarray(arr)
 
 
-def split_outputs(logit: npt.NDArray[Any], cam: npt.NDArray[Any], n: int) -> InferenceOutput:
-    """Validate raw model outputs (``logit [N, C]`` or ``[N]``, ``cam [N, G, G]``) into an
-    :class:`InferenceOutput`, keeping class 0's logit."""
+def split_outputs(
+    logit: npt.NDArray[Any], cam: npt.NDArray[Any], embedding: npt.NDArray[Any], n: int
+) -> InferenceOutput:
+    """Validate raw model outputs (``logit [N, K]`` or ``[N]``, ``cam [N, G, G]``,
+    ``embedding [N, C]``) into an :class:`InferenceOutput`, keeping label 0's logit."""
     logit = np.asarray(logit, dtype=np.float32)
     cam = np.asarray(cam, dtype=np.float32)
+    embedding = np.asarray(embedding, dtype=np.float32)
     if logit.ndim == 2:
         logit = logit[:, 0]
-    if logit.shape != (n,) or cam.ndim != 3 or cam.shape[0] != n or cam.shape[1] != cam.shape[2]:
-        raise ValueError(f"unexpected model outputs: logit {logit.shape}, cam {cam.shape}")
-    return InferenceOutput(logits=np.ascontiguousarray(logit), cams=np.ascontiguousarray(cam))
+    if (
+        logit.shape != (n,)
+        or cam.ndim != 3
+        or cam.shape[0] != n
+        or cam.shape[1] != cam.shape[2]
+        or embedding.ndim != 2
+        or embedding.shape[0] != n
+    ):
+        raise ValueError(
+            f"unexpected model outputs: logit {logit.shape}, cam {cam.shape}, "
+            f"embedding {embedding.shape}"
+        )
+    return InferenceOutput(
+        logits=np.ascontiguousarray(logit),
+        cams=np.ascontiguousarray(cam),
+        embeddings=np.ascontiguousarray(embedding),
+    )

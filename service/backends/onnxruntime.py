@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: the exported graph's ``logit`` and in-graph ``cam`` outputs.
+"""ONNX Runtime backend: the exported graph's ``logit``, in-graph ``cam`` and ``embedding``.
 
 On ``device="cpu"`` the session uses the CPU execution provider with ``intra_op_threads``
 threads (one inference at a time per model, so inter-op parallelism stays at 1) and the
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import onnxruntime as ort
 
+from cxrmodel.interface import INPUT, OUTPUTS
+from cxrmodel.manifest import ModelFileError
+from cxrmodel.vocab import Device
 from service.backends.base import (
     DEFAULT_METHOD,
     Backend,
@@ -23,16 +25,13 @@ from service.backends.base import (
     check_batch,
     split_outputs,
 )
-from service.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logit", "cam")
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-def choose_providers(device: str, available: list[str] | None = None) -> list[str]:
+def choose_providers(device: Device, available: list[str] | None = None) -> list[str]:
     """Execution providers for ``device`` ("cpu" | "cuda") among ``available`` (default: what
     this onnxruntime build offers), best first.
 
@@ -40,7 +39,7 @@ def choose_providers(device: str, available: list[str] | None = None) -> list[st
     service must not silently fall back to CPU when the operator configured a GPU).
     """
     available = ort.get_available_providers() if available is None else available
-    if device == "cpu":
+    if device == Device.CPU:
         return ["CPUExecutionProvider"]
     gpu = [p for p in _GPU_PROVIDERS if p in available]
     if not gpu:
@@ -56,7 +55,12 @@ class OnnxRuntimeBackend(Backend):
     """One ``InferenceSession`` over an exported model file."""
 
     def __init__(
-        self, onnx_path: Path, resolution: int, *, device: str = "cpu", intra_op_threads: int = 1
+        self,
+        onnx_path: Path,
+        resolution: int,
+        *,
+        device: Device = Device.CPU,
+        intra_op_threads: int = 1,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -81,28 +85,22 @@ class OnnxRuntimeBackend(Backend):
     def _check_io(self, file_name: str, resolution: int) -> None:
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        shape = inputs.get(INPUT_NAME)
+        shape = inputs.get(INPUT)
         if shape is None or list(shape[1:]) != [1, resolution, resolution]:
             raise ModelFileError(
-                f"{file_name}: expected input {INPUT_NAME!r} [N, 1, {resolution}, {resolution}] "
+                f"{file_name}: expected input {INPUT!r} [N, 1, {resolution}, {resolution}] "
                 f"as the manifest says, found {inputs}"
             )
-        if not set(OUTPUT_NAMES) <= outputs:
+        if not set(OUTPUTS) <= outputs:
             raise ModelFileError(
-                f"{file_name}: expected outputs {list(OUTPUT_NAMES)}, found {sorted(outputs)}; "
-                "re-export with `sharpcxr export`"
+                f"{file_name}: expected outputs {list(OUTPUTS)}, found {sorted(outputs)}; "
+                "re-export with `sharpcxr export` (sharpcxr 0.5 added `embedding`)"
             )
 
     def infer(self, images: FloatArray, method: str = DEFAULT_METHOD) -> InferenceOutput:
-        self.check_method(method)
         batch = check_batch(images, self.resolution)
-        logit, cam = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return split_outputs(logit, cam, len(batch))
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["providers"] = self.session.get_providers()
-        return info
+        logit, cam, embedding = self.session.run(list(OUTPUTS), {INPUT: batch})
+        return split_outputs(logit, cam, embedding, len(batch))
 
     def close(self) -> None:
         del self.session

@@ -1,9 +1,10 @@
 """TensorRT 10 backend: a serialized engine (``.plan``) run with the native Python API.
 
 The plan is the one :func:`training.export.build_tensorrt_plan` writes from the exported
-ONNX (DESIGN.md, "Model artifacts"): input ``image`` float32 ``[N, 1, R, R]``, outputs
-``logit`` float32 ``[N, C]`` and ``cam`` float32 ``[N, R/32, R/32]``, with one optimisation
-profile of batch ``min..max`` at the fixed resolution ``R``. A plan is specific to the GPU
+ONNX (:mod:`cxrmodel.interface`): input ``image`` float32 ``[N, 1, R, R]``, outputs
+``logit`` float32 ``[N, K]``, ``cam`` float32 ``[N, R/32, R/32]`` and ``embedding`` float32
+``[N, C]``, with one optimisation profile of batch ``min..max`` at the fixed resolution
+``R``. A plan is specific to the GPU
 model and TensorRT version that built it; loading it anywhere else fails with a
 :class:`~service.errors.ModelFileError` that quotes TensorRT's own reason.
 
@@ -16,13 +17,13 @@ smaller than the profile minimum is padded with zeros (``build_tensorrt_plan`` u
 minimum 1, so this only matters for plans built elsewhere).
 
 ``tensorrt`` and ``torch`` are imported lazily, so importing this module costs nothing and
-works on machines without TensorRT or a GPU (where :func:`tensorrt_backend_available`
-says why and the constructor raises ``RuntimeError`` with an install hint).
+works on machines without TensorRT or a GPU (where :func:`cxrmodel.tensorrt.tensorrt_status`,
+the rule the plan builder uses too, says why and the constructor raises ``RuntimeError``
+with an install hint).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxrmodel.interface import CAM, EMBEDDING, INPUT, LOGIT
+from cxrmodel.manifest import ModelFileError
+from cxrmodel.resolution import STRIDE, check_resolution
+from cxrmodel.tensorrt import INSTALL_HINT, import_tensorrt, tensorrt_status
 from service.backends.base import (
     DEFAULT_METHOD,
     Backend,
@@ -39,54 +44,13 @@ from service.backends.base import (
     check_batch,
     split_outputs,
 )
-from service.errors import ModelFileError
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-LOGIT_NAME = "logit"
-CAM_NAME = "cam"
-#: The downsampling factor between the input and the CAM grid (``G = R / 32``).
-CAM_STRIDE = 32
-MIN_TENSORRT_MAJOR = 10
-
-_INSTALL_HINT = (
-    "the TensorRT backend needs the TensorRT 10 Python package and a CUDA GPU: "
-    "`pip install tensorrt` (matching the CUDA of torch) on a machine where "
-    "torch.cuda.is_available() is True; or set SHARPCXR_BACKEND=onnxruntime"
-)
-
-
-def _import_tensorrt() -> Any:
-    """The ``tensorrt`` module (typed ``Any``: it ships no stubs); raises ``ImportError``."""
-    return importlib.import_module("tensorrt")
-
-
-def tensorrt_backend_available() -> tuple[bool, str]:
-    """``(True, "")`` when this backend can run here, else ``(False, reason)``.
-
-    Checks, in order: the ``tensorrt`` package imports, its major version is at least 10
-    (the tensor-name API), and torch sees a CUDA device.
-    """
-    try:
-        trt = _import_tensorrt()
-    except (ImportError, OSError) as exc:  # OSError: the package is there, libnvinfer not
-        return False, f"the tensorrt Python package cannot be imported ({exc})"
-    version = str(getattr(trt, "__version__", "0"))
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        major = 0
-    if major < MIN_TENSORRT_MAJOR:
-        return False, f"TensorRT {version} is installed; TensorRT {MIN_TENSORRT_MAJOR}+ is needed"
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, "torch sees no CUDA device (torch.cuda.is_available() is False)"
-    return True, ""
+_BACKEND_HINT = f"{INSTALL_HINT}; or set SHARPCXR_BACKEND=onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -94,14 +58,15 @@ class EngineIO:
     """What an engine's I/O looks like, checked against the ONNX contract.
 
     ``min_batch`` / ``max_batch``: the batch range of optimisation profile 0 (equal for a
-    static-batch engine); ``num_classes``: ``C`` of ``logit [N, C]``; ``grid``: ``G`` of
-    ``cam [N, G, G]`` (``R / 32``).
+    static-batch engine); ``num_classes``: ``K`` of ``logit [N, K]``; ``grid``: ``G`` of
+    ``cam [N, G, G]`` (``R / 32``); ``embedding_size``: ``C`` of ``embedding [N, C]``.
     """
 
     min_batch: int
     max_batch: int
     num_classes: int
     grid: int
+    embedding_size: int
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
@@ -113,25 +78,25 @@ def inspect_engine(engine: Any, trt: Any, resolution: int) -> EngineIO:
     """Check ``engine``'s I/O tensors against the contract; :class:`ModelFileError` if not.
 
     The contract: exactly one input ``image`` float32 ``[N, 1, R, R]`` (``N`` dynamic or
-    fixed), outputs ``logit`` float32 ``[N, C]`` and ``cam`` float32 ``[N, R/32, R/32]``,
-    all on the device. ``trt`` is the ``tensorrt`` module (passed in so this is testable
-    with a stand-in).
+    fixed), outputs ``logit`` float32 ``[N, K]``, ``cam`` float32 ``[N, R/32, R/32]`` and
+    ``embedding`` float32 ``[N, C]``, all on the device. ``trt`` is the ``tensorrt``
+    module (passed in so this is testable with a stand-in).
     """
-    grid = resolution // CAM_STRIDE
+    grid = resolution // STRIDE
     modes: dict[str, Any] = {}
     for i in range(int(engine.num_io_tensors)):
         name = str(engine.get_tensor_name(i))
         modes[name] = engine.get_tensor_mode(name)
     inputs = sorted(n for n, m in modes.items() if m == trt.TensorIOMode.INPUT)
     outputs = sorted(n for n, m in modes.items() if m == trt.TensorIOMode.OUTPUT)
-    expected_outputs = sorted((LOGIT_NAME, CAM_NAME))
-    if inputs != [INPUT_NAME] or outputs != expected_outputs:
+    expected_outputs = sorted((LOGIT, CAM, EMBEDDING))
+    if inputs != [INPUT] or outputs != expected_outputs:
         raise ModelFileError(
             f"the TensorRT engine has inputs {inputs} and outputs {outputs}; expected input "
-            f"[{INPUT_NAME!r}] and outputs {expected_outputs} (rebuild the plan from an ONNX "
+            f"[{INPUT!r}] and outputs {expected_outputs} (rebuild the plan from an ONNX "
             "file written by `sharpcxr export`)"
         )
-    for name in (INPUT_NAME, LOGIT_NAME, CAM_NAME):
+    for name in (INPUT, LOGIT, CAM, EMBEDDING):
         if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
             raise ModelFileError(
                 f"the TensorRT engine's tensor {name!r} is {engine.get_tensor_dtype(name)}, "
@@ -141,10 +106,10 @@ def inspect_engine(engine: Any, trt: Any, resolution: int) -> EngineIO:
         if location is not None and engine.get_tensor_location(name) != location.DEVICE:
             raise ModelFileError(f"the TensorRT engine's tensor {name!r} is not on the device")
 
-    image = _dims(engine.get_tensor_shape(INPUT_NAME))
+    image = _dims(engine.get_tensor_shape(INPUT))
     if len(image) != 4 or image[1:] != (1, resolution, resolution) or image[0] == 0:
         raise ModelFileError(
-            f"the TensorRT engine's input {INPUT_NAME!r} has shape {list(image)}; expected "
+            f"the TensorRT engine's input {INPUT!r} has shape {list(image)}; expected "
             f"[N, 1, {resolution}, {resolution}] (is this the plan for resolution {resolution}?)"
         )
     if image[0] > 0:  # a static batch
@@ -152,10 +117,10 @@ def inspect_engine(engine: Any, trt: Any, resolution: int) -> EngineIO:
     else:
         if int(getattr(engine, "num_optimization_profiles", 1)) < 1:
             raise ModelFileError("the TensorRT engine has a dynamic batch but no profile")
-        lo, _, hi = (_dims(s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
+        lo, _, hi = (_dims(s) for s in engine.get_tensor_profile_shape(INPUT, 0))
         if lo[1:] != (1, resolution, resolution) or hi[1:] != (1, resolution, resolution):
             raise ModelFileError(
-                f"the TensorRT engine's profile for {INPUT_NAME!r} spans {list(lo)}..{list(hi)};"
+                f"the TensorRT engine's profile for {INPUT!r} spans {list(lo)}..{list(hi)};"
                 f" expected [N, 1, {resolution}, {resolution}]"
             )
         min_batch, max_batch = lo[0], hi[0]
@@ -164,18 +129,25 @@ def inspect_engine(engine: Any, trt: Any, resolution: int) -> EngineIO:
                 f"the TensorRT engine's batch profile {min_batch}..{max_batch} is invalid"
             )
 
-    logit = _dims(engine.get_tensor_shape(LOGIT_NAME))
-    cam = _dims(engine.get_tensor_shape(CAM_NAME))
+    logit = _dims(engine.get_tensor_shape(LOGIT))
+    cam = _dims(engine.get_tensor_shape(CAM))
     if len(logit) != 2 or logit[1] < 1 or logit[0] not in (-1, image[0]):
         raise ModelFileError(
-            f"the TensorRT engine's output {LOGIT_NAME!r} has shape {list(logit)}; expected [N, C]"
+            f"the TensorRT engine's output {LOGIT!r} has shape {list(logit)}; expected [N, C]"
         )
     if len(cam) != 3 or cam[1:] != (grid, grid) or cam[0] not in (-1, image[0]):
         raise ModelFileError(
-            f"the TensorRT engine's output {CAM_NAME!r} has shape {list(cam)}; "
+            f"the TensorRT engine's output {CAM!r} has shape {list(cam)}; "
             f"expected [N, {grid}, {grid}] for resolution {resolution}"
         )
-    return EngineIO(min_batch=min_batch, max_batch=max_batch, num_classes=logit[1], grid=grid)
+    embedding = _dims(engine.get_tensor_shape(EMBEDDING))
+    if len(embedding) != 2 or embedding[1] < 1 or embedding[0] not in (-1, image[0]):
+        raise ModelFileError(
+            f"the TensorRT engine's output {EMBEDDING!r} has shape {list(embedding)}; "
+            "expected [N, C]"
+        )
+    return EngineIO(min_batch=min_batch, max_batch=max_batch, num_classes=logit[1], grid=grid,
+                    embedding_size=embedding[1])  # fmt: skip
 
 
 _LOGGER_LOCK = threading.Lock()
@@ -239,11 +211,10 @@ class TensorRTBackend(Backend):
         device_index: int = 0,
         precision: str | None = None,
     ) -> None:
-        ok, reason = tensorrt_backend_available()
+        ok, reason = tensorrt_status()
         if not ok:
-            raise RuntimeError(f"TensorRT backend unavailable: {reason}; {_INSTALL_HINT}")
-        if resolution < CAM_STRIDE or resolution % CAM_STRIDE:
-            raise ValueError(f"resolution must be a positive multiple of 32, got {resolution}")
+            raise RuntimeError(f"TensorRT backend unavailable: {reason}; {_BACKEND_HINT}")
+        check_resolution(resolution)
         import torch
 
         if not 0 <= device_index < torch.cuda.device_count():
@@ -254,7 +225,7 @@ class TensorRTBackend(Backend):
         plan_path = Path(plan_path)
         if not plan_path.is_file():
             raise ModelFileError(f"TensorRT plan not found: {plan_path}")
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
 
         self.resolution = resolution
         self.name = f"tensorrt:{precision or 'plan'}"
@@ -291,20 +262,27 @@ class TensorRTBackend(Backend):
                     "(out of GPU memory?)"
                 )
             self._allocate(io)
+        log.info(
+            f"TensorRT {self._trt_version} engine loaded on {self._device_name} "
+            f"(batch {io.min_batch}..{io.max_batch})",
+            extra={"resolution": resolution, "backend": self.name, "batch_size": io.max_batch},
+        )
 
     def _allocate(self, io: EngineIO) -> None:
         """Preallocate device and pinned host buffers for ``max_batch`` and bind them.
 
-        Device: ``image`` float32 ``[B, 1, R, R]``, ``logit`` float32 ``[B, C]``, ``cam``
-        float32 ``[B, G, G]`` with ``B = max_batch``; host: pinned copies of the same.
+        Device: ``image`` float32 ``[B, 1, R, R]``, ``logit`` float32 ``[B, K]``, ``cam``
+        float32 ``[B, G, G]``, ``embedding`` float32 ``[B, C]`` with ``B = max_batch``; host:
+        pinned copies of the same.
         """
         import torch
 
         b, r, g = io.max_batch, self.resolution, io.grid
         shapes = {
-            INPUT_NAME: (b, 1, r, r),
-            LOGIT_NAME: (b, io.num_classes),
-            CAM_NAME: (b, g, g),
+            INPUT: (b, 1, r, r),
+            LOGIT: (b, io.num_classes),
+            CAM: (b, g, g),
+            EMBEDDING: (b, io.embedding_size),
         }
         self._dev: dict[str, torch.Tensor] = {}
         self._host: dict[str, torch.Tensor] = {}
@@ -318,7 +296,7 @@ class TensorRTBackend(Backend):
         self._bound_batch = 0
         self._set_batch(b)
         # The outputs TensorRT infers for the largest batch must fit the buffers.
-        for name in (LOGIT_NAME, CAM_NAME):
+        for name in (LOGIT, CAM, EMBEDDING):
             got = _dims(self._context.get_tensor_shape(name))
             if got != shapes[name]:
                 raise ModelFileError(
@@ -331,51 +309,54 @@ class TensorRTBackend(Backend):
         """Set the input shape ``[n, 1, R, R]`` on the context (only when it changes)."""
         if n != self._bound_batch:
             r = self.resolution
-            if not self._context.set_input_shape(INPUT_NAME, (n, 1, r, r)):
+            if not self._context.set_input_shape(INPUT, (n, 1, r, r)):
                 raise RuntimeError(f"TensorRT rejected input shape [{n}, 1, {r}, {r}]")
             self._bound_batch = n
 
     def infer(self, images: FloatArray, method: str = DEFAULT_METHOD) -> InferenceOutput:
         """Run the plan on ``images`` float32 ``[N, 1, R, R]`` (any ``N >= 1``; chunks of
-        at most :attr:`max_batch`); returns logits float32 ``[N]`` and cams float32
-        ``[N, R/32, R/32]``."""
-        self.check_method(method)
+        at most :attr:`max_batch`); returns logits float32 ``[N]``, cams float32
+        ``[N, R/32, R/32]`` and embeddings float32 ``[N, C]``."""
         x = check_batch(images, self.resolution)
         n = x.shape[0]
         logits = np.empty((n, self._io.num_classes), dtype=np.float32)
         cams = np.empty((n, self._io.grid, self._io.grid), dtype=np.float32)
+        embeddings = np.empty((n, self._io.embedding_size), dtype=np.float32)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this TensorRT backend has been closed")
             step = self._io.max_batch
             for start in range(0, n, step):
                 stop = min(start + step, n)
-                logit, cam = self._run_chunk(x[start:stop])
+                logit, cam, embedding = self._run_chunk(x[start:stop])
                 logits[start:stop] = logit
                 cams[start:stop] = cam
-        return split_outputs(logits, cams, n)
+                embeddings[start:stop] = embedding
+        return split_outputs(logits, cams, embeddings, n)
 
-    def _run_chunk(self, chunk: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def _run_chunk(self, chunk: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         """One engine execution on ``chunk`` float32 ``[k, 1, R, R]``, ``k <= max_batch``;
-        returns views of the pinned host buffers ``logit [k, C]`` and ``cam [k, G, G]``,
-        valid until the next execution (the caller copies them out under the lock)."""
+        returns views of the pinned host buffers ``logit [k, K]``, ``cam [k, G, G]`` and
+        ``embedding [k, C]``, valid until the next execution (the caller copies them out
+        under the lock)."""
         import torch
 
         k = chunk.shape[0]
         run = max(k, self._io.min_batch)  # pad up to the profile minimum with zeros
-        host_in = self._host[INPUT_NAME].numpy()
+        host_in = self._host[INPUT].numpy()
         host_in[:k] = chunk
         if run > k:
             host_in[k:run] = 0.0
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             self._set_batch(run)
-            self._dev[INPUT_NAME][:run].copy_(self._host[INPUT_NAME][:run], non_blocking=True)
+            self._dev[INPUT][:run].copy_(self._host[INPUT][:run], non_blocking=True)
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the log)")
-            for name in (LOGIT_NAME, CAM_NAME):
+            for name in (LOGIT, CAM, EMBEDDING):
                 self._host[name][:run].copy_(self._dev[name][:run], non_blocking=True)
             self._stream.synchronize()
-        return self._host[LOGIT_NAME].numpy()[:k], self._host[CAM_NAME].numpy()[:k]
+        host = {name: self._host[name].numpy()[:k] for name in (LOGIT, CAM, EMBEDDING)}
+        return host[LOGIT], host[CAM], host[EMBEDDING]
 
     def close(self) -> None:
         """Free the execution context, engine, runtime and buffers (idempotent)."""
@@ -392,14 +373,3 @@ class TensorRTBackend(Backend):
             self._runtime = None
             self._dev = {}
             self._host = {}
-
-    def describe(self) -> dict[str, Any]:
-        """Facts for ``/v1/models`` and logs: the base ones plus the GPU model, the
-        TensorRT version and the profile's batch range (no paths)."""
-        facts = super().describe()
-        facts.update(
-            device=self._device_name,
-            tensorrt_version=self._trt_version,
-            min_batch=self._io.min_batch,
-        )
-        return facts

@@ -7,7 +7,8 @@ Every method is pytorch-grad-cam's own class on the model's target layer
 the input: the resize and everything after it (normalisation, mapping to the original
 image, mask, boxes) is the shared :mod:`imaging` code, as for the ONNX backend's in-graph
 CAM. So ``gradcam`` here and the ONNX ``cam`` differ only by float rounding, and the other
-methods can be compared with it on equal terms.
+methods can be compared with it on equal terms. The embedding is the pooled activation
+of the same target layer, which pytorch-grad-cam records in its forward pass.
 
 Methods that run one forward pass per channel (ScoreCAM, AblationCAM) are left out: at
 1024 px on DenseNet-121 that is a thousand forward passes per request.
@@ -34,6 +35,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from cxrmodel.manifest import ModelFileError
+from cxrmodel.vocab import Device
 from service.backends.base import (
     DEFAULT_METHOD,
     Backend,
@@ -42,7 +45,6 @@ from service.backends.base import (
     check_batch,
     split_outputs,
 )
-from service.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def _at_grid(cam_class: type[BaseCAM], grid: int) -> BaseCAM:
 
 
 class TorchBackend(Backend):
-    """A :class:`training.architectures.CXRClassifier` rebuilt from a checkpoint."""
+    """A :class:`cxrmodel.networks.CXRClassifier` rebuilt from a checkpoint."""
 
     methods = tuple(METHODS)
 
@@ -83,13 +85,13 @@ class TorchBackend(Backend):
         checkpoint_path: Path,
         resolution: int,
         *,
-        device: str = "cpu",
+        device: Device = Device.CPU,
         intra_op_threads: int = 1,
     ) -> None:
-        # Imported here: the ONNX Runtime path of the service needs no training code.
-        from training.loop import load_checkpoint, model_from_checkpoint
+        # Imported here: the ONNX Runtime path of the service needs no torch model code.
+        from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint
 
-        if device == "cuda" and not torch.cuda.is_available():
+        if device == Device.CUDA and not torch.cuda.is_available():
             raise RuntimeError(
                 "SHARPCXR_DEVICE=cuda but torch sees no CUDA device; set SHARPCXR_DEVICE=cpu"
             )
@@ -101,7 +103,7 @@ class TorchBackend(Backend):
             raise ModelFileError(
                 f"could not rebuild the model from {checkpoint_path.name}: {exc}"
             ) from exc
-        self.device = torch.device(device)
+        self.device = torch.device(device.value)
         self.model = model.to(self.device).eval()
         self.resolution = resolution
         self.grid = resolution // 32
@@ -109,20 +111,17 @@ class TorchBackend(Backend):
         self._classes = {name: _at_grid(cls, self.grid) for name, cls in METHODS.items()}
 
     def infer(self, images: FloatArray, method: str = DEFAULT_METHOD) -> InferenceOutput:
-        self.check_method(method)
         batch = torch.from_numpy(check_batch(images, self.resolution)).to(self.device)
         targets: list[Any] = [ClassifierOutputTarget(0)] * len(batch)
         # The context manager removes the hooks it registered on the target layer.
         with self._classes[method](self.model, target_layers=[self.model.target_layer]) as cam:
             cams = np.asarray(cam(input_tensor=batch, targets=targets), dtype=np.float32)
             logits = cam.outputs.detach().float().cpu().numpy()
+            # The target layer's activations [N, C, G, G] from this forward pass, pooled.
+            features = cam.activations_and_grads.activations[0]
+            embeddings = features.float().mean(dim=(2, 3)).cpu().numpy()
         self.model.zero_grad(set_to_none=True)
-        return split_outputs(logits, cams, len(batch))
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        info["saliency_library"] = "pytorch-grad-cam"
-        return info
+        return split_outputs(logits, cams, embeddings, len(batch))
 
     def close(self) -> None:
         del self.model

@@ -1,4 +1,4 @@
-"""``POST /v1/predict`` and ``POST /v1/compare``."""
+"""``POST /v1/predict`` and ``POST /v1/compare`` (mounted under the ``/v1`` router)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from imaging.dicom import DecodedImage
-from service.deps import AuthDep, PredictorDep, SettingsDep
+from service.deps import PipelineDep, SettingsDep
 from service.errors import DeadlineExceededError, InvalidParameterError, UnknownResolutionError
 from service.logs import request_id_var
-from service.pipeline import PredictOptions, Predictor
+from service.pipeline import PredictOptions, RequestContext
 from service.schemas import CompareResponse, ErrorResponse, PredictResponse
+from service.settings import Settings
 from service.upload import read_dicom_upload
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(tags=["inference"])
 
 #: The request body is read by hand (size enforced while streaming), so describe it here.
 DICOM_BODY: dict[str, Any] = {
@@ -46,7 +46,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "missing or wrong API key (when keys are configured)",
         413: "upload over SHARPCXR_MAX_UPLOAD_MB",
         415: "unsupported media type",
-        422: "valid DICOM that cannot be assessed, or an unknown resolution / method",
+        422: "valid DICOM that cannot be assessed (including the gate's codes with "
+        "SHARPCXR_GATE=refuse), or an unknown resolution / method",
         503: "overloaded, past its deadline or not ready (see Retry-After)",
     }.items()
 }
@@ -76,11 +77,14 @@ async def request_deadline(timeout_s: float) -> AsyncIterator[None]:
         raise DeadlineExceededError(timeout_s) from None
 
 
-async def upload_and_decode(
-    request: Request, predictor: Predictor, limit_mb: float
-) -> tuple[DecodedImage, float]:
-    body = await read_dicom_upload(request, limit_mb)
-    return await predictor.decode(body)
+def new_context(options: PredictOptions, settings: Settings) -> RequestContext:
+    """The request context, its deadline counted from now."""
+    return RequestContext(
+        request_id=request_id_var.get(),
+        options=options,
+        deadline=time.monotonic() + settings.request_timeout_s,
+        started=time.perf_counter(),
+    )
 
 
 def predict_options(
@@ -110,24 +114,20 @@ OptionsDep = Annotated[PredictOptions, Depends(predict_options)]
 )
 async def predict(
     request: Request,
-    _auth: AuthDep,
-    predictor: PredictorDep,
+    pipeline: PipelineDep,
     settings: SettingsDep,
     options: OptionsDep,
     resolution: Annotated[
         int | None, Query(description="model resolution; default from settings")
     ] = None,
 ) -> PredictResponse:
-    started = time.perf_counter()
-    deadline = time.monotonic() + settings.request_timeout_s
-    model = predictor.registry.get(resolution)
-    request.state.resolution_label = str(model.resolution)
-    model.backend.check_method(options.method)
+    ctx = new_context(options, settings)
+    models = pipeline.models([resolution], options.method)
+    request.state.resolution_label = str(models[0].resolution)
     async with request_deadline(settings.request_timeout_s):
-        decoded, decode_s = await upload_and_decode(request, predictor, settings.max_upload_mb)
-        return await predictor.predict(
-            request_id_var.get(), decoded, decode_s, model, options, deadline, started
-        )
+        body = await read_dicom_upload(request, settings.max_upload_mb)
+        [response] = await pipeline.run(ctx, body, models)
+    return response
 
 
 def parse_resolutions(text: str | None, available: list[int]) -> list[int]:
@@ -159,8 +159,7 @@ def parse_resolutions(text: str | None, available: list[int]) -> list[int]:
 )
 async def compare(
     request: Request,
-    _auth: AuthDep,
-    predictor: PredictorDep,
+    pipeline: PipelineDep,
     settings: SettingsDep,
     options: OptionsDep,
     resolutions: Annotated[
@@ -168,21 +167,11 @@ async def compare(
         Query(max_length=100, description="comma-separated, e.g. 256,512,1024; default: all"),
     ] = None,
 ) -> CompareResponse:
-    started = time.perf_counter()
-    deadline = time.monotonic() + settings.request_timeout_s
-    registry = predictor.registry
-    wanted = parse_resolutions(resolutions, registry.resolutions)
+    ctx = new_context(options, settings)
+    wanted = parse_resolutions(resolutions, pipeline.registry.resolutions)
+    models = pipeline.models(wanted, options.method)
     request.state.resolution_label = "multi"
-    models = [registry.get(r) for r in wanted]
-    for model in models:
-        model.backend.check_method(options.method)
     async with request_deadline(settings.request_timeout_s):
-        decoded, decode_s = await upload_and_decode(request, predictor, settings.max_upload_mb)
-        request_id = request_id_var.get()
-        results = await asyncio.gather(
-            *(
-                predictor.predict(request_id, decoded, decode_s, model, options, deadline, started)
-                for model in models
-            )
-        )
-    return CompareResponse(results=list(results))
+        body = await read_dicom_upload(request, settings.max_upload_mb)
+        results = await pipeline.run(ctx, body, models)
+    return CompareResponse(results=results)

@@ -13,8 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import models_dir  # noqa: F401 - the session fixture
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,7 +71,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = Server(
         models_dir, tmp_path_factory.mktemp("onnx") / "service.log", default_resolution="256"
     )

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from imaging import display
 from imaging.decoders import plugin_order
 from imaging.dicom import read_dicom, read_header
-from tests.conftest import pydicom_file
+from imaging.display import MIN_CONTRAST, display_contrast
+from imaging.gate import check_image
+from tests.conftest import pydicom_file, rg1_as_16bit_dx_with_a_missed_window
+
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def lung_vs_mediastinum(p: np.ndarray) -> tuple[float, float]:
+    """Mean display value of RG1's lung fields and of its mediastinum."""
+    rows, cols = p.shape
+    band = slice(rows // 3, rows // 2)
+    lungs = p[band, cols // 5 : cols // 3].mean() + p[band, 2 * cols // 3 : 4 * cols // 5].mean()
+    return float(lungs / 2), float(p[band, 9 * cols // 20 : 11 * cols // 20].mean())
 
 
 def test_siim_file_decodes_with_header_facts(siim_bytes: bytes) -> None:
@@ -76,15 +91,38 @@ def test_lossless_j2k_equals_uncompressed_in_every_plugin(stem: str) -> None:
 def test_rg1_is_displayed_with_its_window_and_inverted() -> None:
     image = read_dicom(pydicom_file("RG1_UNCR.dcm"))
     assert image.facts.voi_source == "window"
-    assert image.facts.window_width and image.facts.window_width > 0
-    p = image.pixels
+    assert image.facts.voi_fallback is None  # its window has contrast: no fallback
+    assert (image.facts.window_center, image.facts.window_width) == (15000, 30000)
     # MONOCHROME1 inverted: lung fields darker than the mediastinum.
-    rows, cols = p.shape
-    lungs = (
-        p[rows // 3 : rows // 2, cols // 5 : cols // 3].mean()
-        + p[rows // 3 : rows // 2, 2 * cols // 3 : 4 * cols // 5].mean()
-    ) / 2
-    assert lungs < p[rows // 3 : rows // 2, 9 * cols // 20 : 11 * cols // 20].mean()
+    lungs, mediastinum = lung_vs_mediastinum(image.pixels)
+    assert lungs < mediastinum
+
+
+def test_a_window_that_misses_the_stored_values_falls_back_on_a_real_chest() -> None:
+    data, stored = rg1_as_16bit_dx_with_a_missed_window()
+    assert (int(stored.min()), int(stored.max())) == (32744, 65535)
+    # The problem: the header's window alone turns this chest into a white square.
+    ds = pydicom.dcmread(io.BytesIO(data))
+    windowed = display.to_display(stored, ds, 16, 0, display.describe(ds))
+    assert windowed.min() == 1.0
+    image = read_dicom(data)
+    f = image.facts
+    assert f.voi_source == "stored_range" and f.voi_function == "LINEAR"
+    assert (f.window_center, f.window_width) == (2725, 5310)  # still what the header said
+    assert f.voi_fallback == (
+        "the header's window (centre 2725, width 5310) leaves no contrast on this image's "
+        "stored values (32744..65535); the full stored range was used instead"
+    )
+    assert display_contrast(image.pixels) > 10 * MIN_CONTRAST
+    np.testing.assert_allclose(image.pixels, stored / 65535.0, atol=1e-6)
+    lungs, mediastinum = lung_vs_mediastinum(image.pixels)
+    assert lungs < mediastinum  # a chest again, the right way round
+    assert check_image(f, image.pixels) == []
+    # sharpcxr inspect prints these facts: the note is there, as plain JSON.
+    assert read_dicom(data).facts.to_dict()["voi_fallback"] == f.voi_fallback
+    # From the header alone there is no knowing: the header's window is reported.
+    header = read_header(data)
+    assert header.voi_source == "window" and header.voi_fallback is None
 
 
 # Every compressed transfer syntax a radiograph can use, from pydicom's and pydicom-data's
@@ -162,3 +200,41 @@ def test_voi_lut_sequence_and_modality_lut_sequence_are_applied() -> None:
     assert voi.pixels.std() > 0.01
     mlut = read_dicom(pydicom_file("mlut_18.dcm"))
     assert mlut.pixels.std() > 0.01
+
+
+def test_header_facts_report_code_strings_and_the_sop_class() -> None:
+    rg1 = read_header(pydicom_file("RG1_UNCR.dcm"))
+    assert rg1.body_part_examined == "CHEST" and rg1.presentation_intent_type is None
+    assert rg1.sop_class_uid == "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    us = read_header(pydicom_file("JPGLosslessP14SV1_1s_1f_8b.dcm"))
+    assert us.presentation_intent_type == "FOR PRESENTATION"
+    assert read_header(pydicom_file("JPEG2000.dcm")).body_part_examined == "WHOLE BODY"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (" chest ", "CHEST"),  # stripped, upper-cased
+        ("CHEST_PA", "CHEST_PA"),
+        ("Chest x-ray, Mr Smith", None),  # free text never leaves
+        ("THORAX AND ABDOMEN 2", None),  # over 16 characters
+        ("TÓRAX", None),  # not a Code String character
+    ],
+)
+def test_body_part_is_reported_only_as_a_code_string(value: str, expected: str | None) -> None:
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    ds.BodyPartExamined = value
+    ds.PresentationIntentType = value
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    facts = read_header(buffer.getvalue())
+    assert facts.body_part_examined == expected
+    assert facts.presentation_intent_type == expected
+
+
+def test_a_malformed_sop_class_is_unknown() -> None:
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+    ds.SOPClassUID = "CR image storage"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    assert read_header(buffer.getvalue()).sop_class_uid is None

@@ -11,6 +11,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from imaging import errors
 from imaging.dicom import read_dicom, read_header
 from imaging.errors import (
     ColourImageError,
@@ -24,6 +25,7 @@ from imaging.errors import (
     UnsupportedImageError,
     UnsupportedTransferSyntaxError,
 )
+from imaging.raster import RasterDecodeError
 from tests.conftest import build_dataset, make_dicom, pydicom_file, to_bytes
 
 
@@ -34,21 +36,26 @@ def png_bytes() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("data", "error", "words"),
+    ("data", "error", "words", "code"),
     [
-        (b"", NotDicomError, "empty"),
-        (np.random.default_rng(1).bytes(4096), NotDicomError, "not DICOM"),
-        (png_bytes(), NotDicomError, "PNG"),
-        (b"%PDF-1.7\n" + b"x" * 500, NotDicomError, "PDF"),
-        (b"hello, this is a text file\n" * 20, NotDicomError, "not DICOM"),
-        (bytes(128) + b"DICM" + np.random.default_rng(2).bytes(4096), CorruptDicomError, "DICOM"),
+        (b"", NotDicomError, "empty", "not_dicom"),
+        (np.random.default_rng(1).bytes(4096), NotDicomError, "not DICOM", "not_dicom"),
+        (png_bytes(), NotDicomError, "PNG", "not_dicom"),
+        (b"%PDF-1.7\n" + b"x" * 500, NotDicomError, "PDF", "not_dicom"),
+        (b"hello, this is a text file\n" * 20, NotDicomError, "not DICOM", "not_dicom"),
+        (
+            bytes(128) + b"DICM" + np.random.default_rng(2).bytes(4096),
+            CorruptDicomError,
+            "DICOM",
+            "corrupt_dicom",
+        ),
     ],
     ids=["empty", "random", "png", "pdf", "text", "dicm-then-random"],
 )
-def test_not_dicom(data: bytes, error: type[ImagingError], words: str) -> None:
+def test_not_dicom(data: bytes, error: type[ImagingError], words: str, code: str) -> None:
     with pytest.raises(error, match=words) as info:
         read_dicom(data)
-    assert info.value.http_status == 400
+    assert info.value.code == code
 
 
 @pytest.mark.parametrize("fraction", [0.001, 0.05, 0.5, 0.999])
@@ -56,7 +63,7 @@ def test_truncated_uncompressed_file(fraction: float) -> None:
     data = pydicom_file("RG1_UNCR.dcm")
     with pytest.raises(CorruptDicomError) as info:
         read_dicom(data[: int(len(data) * fraction)])
-    assert info.value.http_status == 400
+    assert info.value.code == "truncated_dicom"
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.9, 0.9999])
@@ -84,21 +91,23 @@ def test_corrupt_compressed_pixel_data(ramp12: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "error"),
+    ("name", "error", "code"),
     [
-        ("test-SR.dcm", NoPixelDataError),
-        ("rtplan.dcm", NoPixelDataError),
-        ("SC_rgb.dcm", ColourImageError),
-        ("SC_rgb_jpeg_dcmtk.dcm", ColourImageError),
-        ("examples_palette.dcm", ColourImageError),
-        ("emri_small.dcm", MultiFrameError),
-        ("examples_ybr_color.dcm", MultiFrameError),
+        ("test-SR.dcm", NoPixelDataError, "no_pixel_data"),
+        ("rtplan.dcm", NoPixelDataError, "no_pixel_data"),
+        ("SC_rgb.dcm", ColourImageError, "colour_image"),
+        ("SC_rgb_jpeg_dcmtk.dcm", ColourImageError, "colour_image"),
+        ("examples_palette.dcm", ColourImageError, "colour_image"),
+        ("emri_small.dcm", MultiFrameError, "multi_frame"),
+        ("examples_ybr_color.dcm", MultiFrameError, "multi_frame"),
     ],
 )
-def test_valid_dicom_that_cannot_be_assessed(name: str, error: type[ImagingError]) -> None:
+def test_valid_dicom_that_cannot_be_assessed(
+    name: str, error: type[ImagingError], code: str
+) -> None:
     with pytest.raises(error) as info:
         read_dicom(pydicom_file(name))
-    assert info.value.http_status == 422
+    assert info.value.code == code
 
 
 def test_no_pixel_data_crafted() -> None:
@@ -119,7 +128,10 @@ def test_huge_declared_image_is_refused_before_decoding(ramp12: np.ndarray) -> N
         read_dicom(data)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert info.value.http_status == 422
+    assert info.value.code == "image_too_large"
+    # The imaging path names no deployment setting: the service adds its own name.
+    assert "raise the pixel budget" in info.value.message
+    assert "SHARPCXR" not in info.value.message
     assert peak < 50 * 2**20  # nothing near the 20 GB the header asks for was allocated
     # The budget is configurable: a small one refuses an ordinary image too.
     with pytest.raises(PixelBudgetError, match="budget of 1,000"):
@@ -152,7 +164,7 @@ def test_unknown_and_video_transfer_syntaxes(ramp12: np.ndarray) -> None:
         ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
         with pytest.raises(UnsupportedTransferSyntaxError, match="cannot be decoded") as info:
             read_dicom(buffer.getvalue())
-        assert info.value.http_status == 422
+        assert info.value.code == "unsupported_transfer_syntax"
 
 
 def test_float_pixel_data_and_odd_layouts(ramp12: np.ndarray) -> None:
@@ -186,3 +198,27 @@ def test_random_mutations_never_escape_as_other_exceptions(ramp12: np.ndarray) -
             continue
         assert image.pixels.dtype == np.float32
         assert np.isfinite(image.pixels).all()
+
+
+def test_imaging_errors_know_nothing_of_http() -> None:
+    """Codes are the contract; the service maps them to HTTP statuses in one place."""
+    classes = [
+        c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, ImagingError)
+    ] + [RasterDecodeError]
+    assert len(classes) >= 11
+    for cls in classes:
+        assert not hasattr(cls, "http_status"), cls.__name__
+    codes = {cls.code for cls in classes}
+    assert len(codes) == len(classes)  # one stable code per class
+    assert {
+        "not_dicom",
+        "corrupt_dicom",
+        "truncated_dicom",
+        "no_pixel_data",
+        "colour_image",
+        "multi_frame",
+        "unsupported_transfer_syntax",
+        "image_too_large",
+        "unsupported_image",
+        "corrupt_image",
+    } <= codes

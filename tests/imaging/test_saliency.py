@@ -156,12 +156,6 @@ def test_boxes_reject_bad_input() -> None:
         mask_to_boxes(np.ones((3, 3), bool), pixel_spacing_mm=(0.1, -1.0))
 
 
-def test_box_to_dict_has_api_keys() -> None:
-    d = Box(1, 2, 3, 4, 0.5, 9, None).to_dict()
-    assert d == {"x_min": 2, "y_min": 1, "x_max": 4, "y_max": 3, "score": 0.5,
-                 "area_px": 9, "area_mm2": None}  # fmt: skip
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     arrays(np.bool_, st.tuples(st.integers(1, 40), st.integers(1, 40))),

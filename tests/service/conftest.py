@@ -13,22 +13,23 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 
-from imaging.dicom_writer import write_dicom
-from imaging.phantoms.dataset import Phantom, generate_phantom
+from cxrmodel.manifest import read_manifest
+from cxrmodel.vocab import FileKind
+from imaging.phantoms.acquisition import site_profile
+from imaging.phantoms.dataset import Phantom, encode_phantom, generate_phantom
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import build_dataset, make_dicom, pydicom_file, to_bytes
-from tests.service.models_fixture import build_fixture_models
 
 #: identifiers written into test DICOMs; they must never come back out
 PATIENT_NAME = "Zyxwvut^Qponmlk"
 PATIENT_ID = "PID-99887766-SECRET"
 
 
-@pytest.fixture(scope="session")
-def models_dir() -> Path:
-    """Compact models at 128 and 256 trained on phantoms (cached, ~3 min the first time)."""
-    return build_fixture_models()
+def model_file(models_dir: Path, resolution: int, kind: str) -> Path:
+    """The path of the ``kind`` file (onnx, pt, ood) of the model at ``resolution``."""
+    entry = read_manifest(models_dir).by_resolution()[resolution]
+    return entry.path_of(FileKind(kind), models_dir)
 
 
 def phantom(index: int, *, size: int = 1024, positive: bool = True, seed: int = 5) -> Phantom:
@@ -40,21 +41,18 @@ def phantom(index: int, *, size: int = 1024, positive: bool = True, seed: int = 
 def phantom_dicom(
     ph: Phantom, *, transfer_syntax: str = "1.2.840.10008.1.2.1", bits_stored: int = 12
 ) -> bytes:
-    """The phantom as DICOM bytes, with a patient name and id set (to check they never leak)."""
-    stored = np.round(ph.pixels * ((1 << bits_stored) - 1)).astype(
-        np.uint8 if bits_stored == 8 else np.uint16
-    )
-    out = io.BytesIO()
-    write_dicom(
-        out,
-        stored,
+    """The phantom as DICOM bytes, stored as its site stores its training sets (so the
+    models see it in distribution), with a patient name and id set (to check they never
+    leak)."""
+    data, _ = encode_phantom(
+        ph,
+        site_profile(ph.metadata["site"]),
         transfer_syntax=transfer_syntax,
         bits_stored=bits_stored,
         patient_name=PATIENT_NAME,
         patient_id=PATIENT_ID,
-        pixel_spacing_mm=(0.35, 0.35),
     )
-    return out.getvalue()
+    return data
 
 
 def _png() -> bytes:

@@ -35,7 +35,7 @@ class FixtureModels:
 
 def _key(cfg: FixtureModels) -> str:
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
-    for folder in ("training", "imaging"):
+    for folder in ("training", "imaging", "cxrmodel"):
         for path in sorted((REPO / folder).rglob("*.py")):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

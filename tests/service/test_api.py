@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from imaging.rle import decode_coco_rle
 from imaging.saliency import decode_mask_png
+from tests.conftest import SIIM_FILE, pydicom_file, rewrite
 from tests.service.conftest import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -37,16 +38,23 @@ def test_predict_contract(client: TestClient, positive_dicom: bytes) -> None:
     assert body["model"]["resolution"] == 256  # the configured default
     assert "synthetic" in body["model"]["intended_use"].lower()
     assert 0.0 <= body["probability"] <= 1.0
+    # A fresh site-a phantom: what the model was trained on, so the answer stands.
+    assert body["assessment"] == {"status": "assessed", "reasons": []}
+    ood = body["ood"]
+    assert ood["method"] == "mahalanobis" and ood["in_distribution"] is True
+    assert 0 <= ood["score"] <= ood["threshold"]
     assert body["positive"] == (body["probability"] >= body["threshold"])
     assert body["image"]["rows"] == 640 and body["image"]["columns"] == 640
-    assert body["image"]["pixel_spacing_mm"] == [0.35, 0.35]
+    spacing = phantom(0, size=640).metadata["pixel_spacing_mm"]
+    assert body["image"]["pixel_spacing_mm"] == [spacing, spacing]
+    assert body["image"]["voi_fallback"] is None
     mask = decode_mask_png(base64.b64decode(body["saliency"]["mask"]["data"]))
     assert mask.shape == (640, 640) and mask.any()
     for box in body["boxes"]:
         assert 0 <= box["x_min"] <= box["x_max"] < 640 and 0 <= box["y_min"] <= box["y_max"] < 640
         assert mask[box["y_min"] : box["y_max"] + 1, box["x_min"] : box["x_max"] + 1].any()
     assert set(body["timings_ms"]) == {
-        "decode", "preprocess", "queue", "inference", "postprocess", "total"
+        "decode", "gate", "preprocess", "queue", "inference", "postprocess", "total"
     }  # fmt: skip
     assert body["saliency"]["heatmap"] is None
 
@@ -96,6 +104,14 @@ def test_models_lists_intended_use_and_metrics(client: TestClient) -> None:
         assert m["backend"] == "onnxruntime:CPUExecutionProvider"
         assert "not for clinical use" in m["intended_use"].lower()
         assert "test_site_a" in m["metrics"] and len(m["sha256"]) == 64
+        calibration, ood = m["calibration"], m["ood"]
+        assert calibration["method"] == "temperature" and calibration["temperature"] > 0
+        ece = calibration["ece"]["test_site_a"]
+        assert 0 <= ece["before"] <= 1 and 0 <= ece["after"] <= 1 and ece["n"] > 0
+        assert ood["method"] == "mahalanobis" and ood["threshold"] > 0
+        assert "conformal" in ood["threshold_rule"] and "validation" in ood["flagged"]
+        # The calibrated operating point: the decision is the uncalibrated one, moved.
+        assert 0 < m["threshold"] < 1
 
 
 @pytest.mark.parametrize("name", list(bad_inputs()))
@@ -155,8 +171,19 @@ def test_upload_limit_and_api_keys(models_dir: Path, positive_dicom: bytes) -> N
 def test_metrics_after_traffic(client: TestClient, positive_dicom: bytes) -> None:
     client.post("/v1/predict?resolution=128", content=positive_dicom, headers=DICOM)
     client.post("/v1/predict", content=b"garbage" * 100, headers=DICOM)
+    client.post("/v1/predict?resolution=128", content=pydicom_file("CT_small.dcm"), headers=DICOM)
+    client.post("/v1/predict?resolution=128", content=SIIM_FILE.read_bytes(), headers=DICOM)
+    client.get("/v1/no-such-endpoint-xyz")
     text = client.get("/metrics").text
+    assert "no-such-endpoint-xyz" not in text  # client-chosen paths never become labels
     for series in (
+        'sharpcxr_assessments_total{reason="none",resolution="128",status="assessed"}',
+        'sharpcxr_assessments_total{reason="unsupported_modality",resolution="128",'
+        'status="refused"}',
+        'sharpcxr_assessments_total{reason="out_of_distribution",resolution="128",'
+        'status="not_assessable"}',
+        'sharpcxr_stage_duration_seconds_count{resolution="128",stage="gate"}',
+        'sharpcxr_requests_total{endpoint="other",resolution="none",status="404"}',
         'sharpcxr_request_duration_seconds_count{endpoint="/v1/predict",resolution="128",status="200"}',
         'sharpcxr_requests_total{endpoint="/v1/predict",resolution="128",status="200"}',
         'sharpcxr_stage_duration_seconds_count{resolution="128",stage="inference"}',
@@ -186,3 +213,58 @@ def test_request_deadline_gives_503_with_retry_after(
         assert r.json()["error"]["code"] == "deadline_exceeded"
         assert int(r.headers["retry-after"]) >= 1
         assert c.get("/healthz").status_code == 200
+
+
+def _lateral_chest() -> bytes:
+    """A real chest radiograph (NEMA WG-04 RG1) with ViewPosition rewritten to LL."""
+    return rewrite("RG1_UNCR.dcm", ViewPosition="LL", PatientName=PATIENT_NAME,
+                   PatientID=PATIENT_ID)  # fmt: skip
+
+
+def test_gate_refuses_non_chest_and_lateral_images_by_default(client: TestClient) -> None:
+    for data, code in (
+        (pydicom_file("CT_small.dcm"), "unsupported_modality"),
+        (pydicom_file("RG3_UNCR.dcm"), "not_chest"),
+        (_lateral_chest(), "lateral_view"),
+    ):
+        r = client.post("/v1/predict?resolution=128", content=data, headers=DICOM)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == code and "SHARPCXR_GATE=flag" in error["message"]
+        assert PATIENT_ID not in r.text
+
+
+def test_gate_flag_mode_answers_with_not_assessable(models_dir: Path) -> None:
+    with make_client(models_dir, gate="flag") as c:
+        r = c.post("/v1/predict?resolution=128", content=_lateral_chest(), headers=DICOM)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["assessment"]["status"] == "not_assessable" and body["positive"] is None
+        codes = [reason["code"] for reason in body["assessment"]["reasons"]]
+        assert codes[0] == "lateral_view"
+        # A real radiograph is also unlike the phantoms the model was trained on.
+        assert "out_of_distribution" in codes and body["ood"]["in_distribution"] is False
+        assert 0 <= body["probability"] <= 1  # still shown, labelled by the assessment
+
+
+def test_gate_off_assesses_everything_but_still_scores_ood(models_dir: Path) -> None:
+    with make_client(models_dir, gate="off") as c:
+        r = c.post("/v1/predict?resolution=128", content=_lateral_chest(), headers=DICOM)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["assessment"] == {"status": "assessed", "reasons": []}
+        assert body["positive"] == (body["probability"] >= body["threshold"])
+        assert body["ood"]["in_distribution"] is False  # measured, not acted upon
+        assert body["timings_ms"]["gate"] == 0
+
+
+def test_real_radiograph_is_out_of_distribution_even_when_assessable(client: TestClient) -> None:
+    """SIIM-ACR's CR chest passes every header check; only the model's own OOD score says
+    its answer means nothing, and the response says so."""
+    r = client.post("/v1/predict?resolution=128", content=SIIM_FILE.read_bytes(), headers=DICOM)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ood"]["in_distribution"] is False
+    assert body["ood"]["score"] > body["ood"]["threshold"]
+    assert body["assessment"]["status"] == "not_assessable" and body["positive"] is None
+    assert [x["code"] for x in body["assessment"]["reasons"]] == ["out_of_distribution"]

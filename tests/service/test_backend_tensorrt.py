@@ -14,17 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.backends.tensorrt import (
-    EngineIO,
-    TensorRTBackend,
-    inspect_engine,
-    tensorrt_backend_available,
-)
-from service.errors import ModelFileError
-from training.export import tensorrt_available
+from cxrmodel.manifest import ModelFileError
+from cxrmodel.tensorrt import tensorrt_status
+from service.backends.tensorrt import EngineIO, TensorRTBackend, inspect_engine
 
 needs_tensorrt = pytest.mark.skipif(
-    not tensorrt_available(),
+    not tensorrt_status()[0],
     reason="TensorRT 10 Python package and a CUDA device needed (pip install tensorrt)",
 )
 
@@ -32,11 +27,11 @@ needs_tensorrt = pytest.mark.skipif(
 # --- without TensorRT ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed: see the gpu tests")
+@pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT is installed: see the gpu tests")
 def test_unavailable_here_with_reason_and_install_hint(tmp_path: Path) -> None:
-    ok, reason = tensorrt_backend_available()
+    ok, reason = tensorrt_status()
     assert ok is False and reason
-    with pytest.raises(RuntimeError, match="pip install tensorrt") as info:
+    with pytest.raises(RuntimeError, match="pip install 'tensorrt>=10,<11'") as info:
         TensorRTBackend(tmp_path / "missing.plan", 128)
     assert reason in str(info.value)
     assert "SHARPCXR_BACKEND=onnxruntime" in str(info.value)
@@ -44,9 +39,9 @@ def test_unavailable_here_with_reason_and_install_hint(tmp_path: Path) -> None:
 
 def test_missing_package_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
-    ok, reason = tensorrt_backend_available()
+    ok, reason = tensorrt_status()
     assert not ok and "tensorrt Python package" in reason
-    with pytest.raises(RuntimeError, match="pip install tensorrt"):
+    with pytest.raises(RuntimeError, match="pip install 'tensorrt>=10,<11'"):
         TensorRTBackend(tmp_path / "m.plan", 128)
 
 
@@ -58,14 +53,21 @@ def _fake_trt(version: str) -> types.ModuleType:
 
 def test_old_tensorrt_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("8.6.1"))
-    ok, reason = tensorrt_backend_available()
+    ok, reason = tensorrt_status()
     assert not ok and "8.6.1" in reason and "10" in reason
+
+
+def test_tensorrt_11_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT 11 removed the builder flags the plan builder uses: refused up front."""
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("11.0.0"))
+    ok, reason = tensorrt_status()
+    assert not ok and "11.0.0" in reason and "BuilderFlag.FP16" in reason
 
 
 def test_no_cuda_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.9.0"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    ok, reason = tensorrt_backend_available()
+    ok, reason = tensorrt_status()
     assert not ok and "CUDA" in reason
     with pytest.raises(RuntimeError, match="CUDA"):
         TensorRTBackend(tmp_path / "m.plan", 128)
@@ -120,6 +122,7 @@ def _engine(**changes: Any) -> _FakeEngine:
         "image": ("in", (-1, 1, 128, 128)),
         "logit": ("out", (-1, 1)),
         "cam": ("out", (-1, 4, 4)),
+        "embedding": ("out", (-1, 49)),
     }
     tensors.update(changes.pop("tensors", {}))
     return _FakeEngine(tensors, **changes)
@@ -127,15 +130,16 @@ def _engine(**changes: Any) -> _FakeEngine:
 
 def test_contract_accepts_the_exported_layout() -> None:
     io = inspect_engine(_engine(), _TRT, 128)
-    assert io == EngineIO(min_batch=1, max_batch=8, num_classes=1, grid=4)
+    assert io == EngineIO(min_batch=1, max_batch=8, num_classes=1, grid=4, embedding_size=49)
     static = _engine(
         tensors={
             "image": ("in", (2, 1, 128, 128)),
             "logit": ("out", (2, 14)),
             "cam": ("out", (2, 4, 4)),
+            "embedding": ("out", (2, 1024)),
         }
     )
-    assert inspect_engine(static, _TRT, 128) == EngineIO(2, 2, 14, 4)
+    assert inspect_engine(static, _TRT, 128) == EngineIO(2, 2, 14, 4, 1024)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +147,7 @@ def test_contract_accepts_the_exported_layout() -> None:
     [
         (_engine(tensors={"input": ("in", (-1, 1, 128, 128))}), 128, "expected input"),
         (_FakeEngine({"image": ("in", (-1, 1, 128, 128)), "logit": ("out", (-1, 1))}), 128, "cam"),
+        (_engine(tensors={"embedding": ("out", (-1,))}), 128, "'embedding' has shape"),
         (_engine(), 256, "resolution 256"),
         (_engine(tensors={"cam": ("out", (-1, 8, 8))}), 128, "expected \\[N, 4, 4\\]"),
         (_engine(tensors={"logit": ("out", (-1,))}), 128, "expected \\[N, C\\]"),
@@ -165,8 +170,8 @@ def test_contract_violations_are_model_file_errors(
 @pytest.fixture(scope="module")
 def plan_128(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A compact model exported to ONNX and built into an FP32 plan at R=128, batch 1..4."""
-    from tests.training.test_architectures import randomise
-    from training.architectures import build_model
+    from cxrmodel.networks import build_model
+    from tests.cxrmodel.test_networks import randomise
     from training.export import build_tensorrt_plan, export_onnx
 
     root = tmp_path_factory.mktemp("trt")
@@ -188,13 +193,11 @@ def test_plan_matches_onnxruntime_with_chunking(plan_128: tuple[Path, Path]) -> 
     backend = TensorRTBackend(plan, 128, precision="fp32")
     try:
         assert backend.name == "tensorrt:fp32" and backend.max_batch == 4
-        facts = backend.describe()
-        assert facts["max_batch"] == 4 and facts["min_batch"] == 1 and "/" not in facts["backend"]
         rng = np.random.default_rng(3)
         for n in (1, 3, backend.max_batch + 1, 2 * backend.max_batch + 3):
             x = rng.standard_normal((n, 1, 128, 128)).astype(np.float32)
             out = backend.infer(x)
-            logit, cam = session.run(None, {"image": x})
+            logit, cam, embedding = session.run(None, {"image": x})
             assert out.logits.shape == (n,) and out.logits.dtype == np.float32
             assert out.cams.shape == (n, 4, 4) and out.cams.dtype == np.float32
             # FP32 plans still use TF32 tensor cores by default: ~1e-3 relative.
@@ -203,7 +206,9 @@ def test_plan_matches_onnxruntime_with_chunking(plan_128: tuple[Path, Path]) -> 
             cam_scale = max(1e-6, float(np.abs(cam).max()))
             assert np.abs(out.cams - cam).max() <= 5e-3 * cam_scale
             assert cam.max() > 0  # a non-trivial CAM, or the comparison proves little
-        backend.warm((1, 2, 4, 64))  # 64 > max_batch: skipped, not an error
+            emb_scale = max(1e-6, float(np.abs(embedding).max()))
+            assert np.abs(out.embeddings - embedding).max() <= 5e-3 * emb_scale
+        backend.warm((1, 2, 4, 64), embedding.shape[1])  # 64 > max_batch: skipped
     finally:
         backend.close()
     backend.close()  # idempotent

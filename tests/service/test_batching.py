@@ -13,7 +13,7 @@ from service.backends.onnxruntime import OnnxRuntimeBackend
 from service.batching import Batcher, collect_batch
 from service.errors import DeadlineExceededError, OverloadedError
 from service.metrics import Metrics
-from service.registry import read_manifest
+from tests.service.conftest import model_file
 
 
 def test_collect_batch_takes_backlog_at_once() -> None:
@@ -53,8 +53,7 @@ def test_collect_batch_waits_at_most_the_timeout_after_the_first_item() -> None:
 
 
 def _backend(models_dir: Path) -> OnnxRuntimeBackend:
-    entry = next(e for e in read_manifest(models_dir) if e["resolution"] == 128)
-    return OnnxRuntimeBackend(models_dir / entry["files"]["onnx"]["path"], 128, intra_op_threads=1)
+    return OnnxRuntimeBackend(model_file(models_dir, 128, "onnx"), 128, intra_op_threads=1)
 
 
 def test_batcher_forms_batches_and_returns_each_row(models_dir: Path) -> None:
@@ -73,10 +72,16 @@ def test_batcher_forms_batches_and_returns_each_row(models_dir: Path) -> None:
             deadline = time.monotonic() + 30
             results = await asyncio.gather(*(b.infer(img, "gradcam", deadline) for img in images))
             await b.stop()
-            sizes = [r.batch_size for r in results]
-            assert max(sizes) == 4 and sum(1 / s for s in sizes) == pytest.approx(2)
-            for r, cam in zip(results, reference.cams, strict=True):
+            batches = metrics.registry.get_sample_value(
+                "sharpcxr_batch_size_count", {"resolution": "128"}
+            )
+            images_run = metrics.registry.get_sample_value(
+                "sharpcxr_batch_size_sum", {"resolution": "128"}
+            )
+            assert (batches, images_run) == (2, 6)  # 4 + 2: the backlog formed full batches
+            for r, cam, emb in zip(results, reference.cams, reference.embeddings, strict=True):
                 assert np.allclose(r.cam, cam, atol=1e-5)
+                assert np.allclose(r.embedding, emb, atol=1e-5)
             return [r.logit for r in results]
 
     logits = asyncio.run(go())
@@ -107,7 +112,7 @@ def test_batcher_full_queue_and_deadline(models_dir: Path) -> None:
             await asyncio.sleep(0.1)
             assert b.queue.empty()
             out = await b.infer(image, "gradcam", time.monotonic() + 30)
-            assert out.batch_size == 1
+            assert np.isfinite(out.logit) and out.embedding.ndim == 1
             await b.stop()
 
     asyncio.run(go())

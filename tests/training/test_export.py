@@ -16,20 +16,16 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from cxrmodel.manifest import sha256_file
+from cxrmodel.networks import CXRClassifier, build_model
+from cxrmodel.tensorrt import tensorrt_status
 from imaging.preprocess import NORMALISATION
 from imaging.saliency import normalise_cam
-from tests.training.test_architectures import gradcam_at_grid, randomise
-from training.architectures import CXRClassifier, build_model
-from training.export import (
-    build_tensorrt_plan,
-    export_onnx,
-    onnx_metadata,
-    sha256_file,
-    tensorrt_available,
-)
+from tests.cxrmodel.test_networks import gradcam_at_grid, randomise
+from training.export import build_tensorrt_plan, export_onnx, onnx_metadata
 
 # (downsample, resolution) for the compact model. ASAP differs from FLC only in the
-# operator's numbers (checked against torch.fft in test_architectures); its ONNX parity
+# operator's numbers (checked against torch.fft in tests/cxrmodel/test_networks.py); its ONNX parity
 # runs in the slow DenseNet-121 test to keep the default suite short.
 CASES = [
     ("standard", 64),
@@ -63,15 +59,20 @@ def _session(path: Path) -> ort.InferenceSession:
 def _check_parity(model: CXRClassifier, path: Path, resolution: int, batch: int) -> None:
     session = _session(path)
     assert [i.name for i in session.get_inputs()] == ["image"]
-    assert [o.name for o in session.get_outputs()] == ["logit", "cam"]
+    assert [o.name for o in session.get_outputs()] == ["logit", "cam", "embedding"]
     x = torch.randn(batch, 1, resolution, resolution, generator=torch.Generator().manual_seed(7))
-    logit, cam = session.run(None, {"image": x.numpy()})
+    logit, cam, embedding = session.run(None, {"image": x.numpy()})
     g = resolution // 32
     assert logit.shape == (batch, 1) and logit.dtype == np.float32
     assert cam.shape == (batch, g, g) and cam.dtype == np.float32
+    assert embedding.shape == (batch, model.embedding_size) and embedding.dtype == np.float32
     with torch.no_grad():
-        torch_logit, torch_cam = model.forward_with_cam(x)
+        torch_logit, torch_cam, _ = model.forward_explained(x)
+        # The pooled features, computed independently of forward_explained.
+        pooled = model.features(x).mean(dim=(2, 3)).numpy()
     assert np.abs(logit - torch_logit.numpy()).max() <= 1e-4
+    assert np.abs(embedding - pooled).max() <= 1e-4 * max(1.0, float(np.abs(pooled).max()))
+    assert np.abs(pooled).max() > 0  # non-trivial features
     assert np.abs(cam - torch_cam.numpy()).max() <= 1e-4 * max(1.0, float(np.abs(cam).max()))
     assert cam.max() > 0  # a non-trivial CAM, or the comparison below proves nothing
 
@@ -127,9 +128,9 @@ def test_multilabel_export_leaves_the_model_alone(tmp_path: Path) -> None:
         export_onnx(model, 100, tmp_path / "bad.onnx")
     model.eval()
     x = torch.randn(2, 1, 64, 64)
-    logit, cam = _session(path).run(None, {"image": x.numpy()})
+    logit, cam, _ = _session(path).run(None, {"image": x.numpy()})
     with torch.no_grad():
-        ref_logit, ref_cam = model.forward_with_cam(x, 0)
+        ref_logit, ref_cam, _ = model.forward_explained(x, 0)
     assert logit.shape == (2, 3) and np.abs(logit - ref_logit.numpy()).max() <= 1e-4
     assert np.abs(cam - ref_cam.numpy()).max() <= 1e-4
 
@@ -152,8 +153,9 @@ def test_sha256_file(tmp_path: Path) -> None:
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed: see test_gpu.py")
+@pytest.mark.skipif(tensorrt_status()[0], reason="TensorRT is installed: see test_gpu.py")
 def test_tensorrt_unavailable_is_a_clear_error(tmp_path: Path) -> None:
-    assert tensorrt_available() is False
-    with pytest.raises(RuntimeError, match="pip install tensorrt"):
+    available, reason = tensorrt_status()
+    assert not available and reason
+    with pytest.raises(RuntimeError, match="pip install 'tensorrt>=10,<11'"):
         build_tensorrt_plan(tmp_path / "m.onnx", tmp_path / "m.plan", resolution=64)

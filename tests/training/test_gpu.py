@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.test_architectures import randomise
-from training.architectures import DOWNSAMPLES, CXRClassifier, build_model
-from training.export import build_tensorrt_plan, export_onnx, tensorrt_available
+from cxrmodel.networks import CXRClassifier, build_model
+from cxrmodel.tensorrt import tensorrt_status
+from cxrmodel.vocab import Downsample
+from tests.cxrmodel.test_networks import randomise
+from training.export import build_tensorrt_plan, export_onnx
 
 pytestmark = pytest.mark.gpu
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 needs_tensorrt = pytest.mark.skipif(
-    not tensorrt_available(),
+    not tensorrt_status()[0],
     reason="TensorRT 10 Python package and a CUDA device needed (pip install tensorrt)",
 )
 
@@ -55,7 +57,7 @@ def _export(model: CXRClassifier, resolution: int, path: Path) -> Path:
 
 
 @needs_tensorrt
-@pytest.mark.parametrize("downsample", DOWNSAMPLES)
+@pytest.mark.parametrize("downsample", list(Downsample))
 def test_tensorrt_fp16_plan_matches_torch(tmp_path: Path, downsample: str) -> None:
     model = randomise(build_model("compact", downsample), seed=40)
     onnx_path = _export(model, 128, tmp_path / "m.onnx")
@@ -63,7 +65,7 @@ def test_tensorrt_fp16_plan_matches_torch(tmp_path: Path, downsample: str) -> No
     x = np.random.default_rng(0).standard_normal((3, 1, 128, 128)).astype(np.float32)
     out = _run_plan(plan, x)
     with torch.no_grad():
-        logit, cam = model.forward_with_cam(torch.from_numpy(x))
+        logit, cam, _ = model.forward_explained(torch.from_numpy(x))
     assert out["logit"].shape == (3, 1) and out["cam"].shape == (3, 4, 4)
     scale = max(1.0, float(logit.abs().max()))
     assert np.abs(out["logit"] - logit.numpy()).max() <= 2e-2 * scale
@@ -88,7 +90,7 @@ def test_tensorrt_int8_plan_builds_and_runs(tmp_path: Path) -> None:
 
 
 @needs_cuda
-@pytest.mark.parametrize("downsample", DOWNSAMPLES)
+@pytest.mark.parametrize("downsample", list(Downsample))
 def test_models_on_cuda_match_cpu(downsample: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lazily built FLC/ASAP operators follow the input's device."""
     # TF32 (cuDNN's default for convolutions) would dominate the difference.
@@ -97,8 +99,8 @@ def test_models_on_cuda_match_cpu(downsample: str, monkeypatch: pytest.MonkeyPat
     model = randomise(build_model("compact", downsample), seed=42)
     x = torch.randn(2, 1, 128, 128)
     with torch.no_grad():
-        cpu: Any = model.forward_with_cam(x)
-        gpu: Any = model.cuda().forward_with_cam(x.cuda())
+        cpu: Any = model.forward_explained(x)
+        gpu: Any = model.cuda().forward_explained(x.cuda())
     for a, b in zip(cpu, gpu, strict=True):
         assert torch.allclose(a, b.cpu(), atol=1e-4, rtol=1e-3)
 

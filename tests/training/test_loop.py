@@ -15,15 +15,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint, use_channels_last
+from cxrmodel.networks import build_model
+from cxrmodel.ood import load_statistics
 from imaging.phantoms import write_phantom_dataset
-from training.architectures import build_model
 from training.config import TrainConfig, default_batch_size
-from training.loop import (
-    load_checkpoint,
-    model_from_checkpoint,
-    train,
-    use_channels_last,
-)
+from training.loop import train
 from training.publish import evaluate_checkpoint, protocol_summary, publish
 from training.schedule import cosine_lr
 
@@ -148,10 +145,19 @@ def test_train_resume_evaluate_export(phantom_roots: dict[str, Path], tmp_path: 
     session = ort.InferenceSession(str(models / entry["files"]["onnx"]["path"]),
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     x = np.random.default_rng(0).standard_normal((3, 1, 64, 64)).astype(np.float32)
-    logit, cam = session.run(["logit", "cam"], {"image": x})
+    logit, cam, embedding = session.run(["logit", "cam", "embedding"], {"image": x})
     assert logit.shape == (3, 1) and cam.shape == (3, 2, 2)
+    assert entry["outputs"]["embedding"] == [None, embedding.shape[1]]
     weights = torch.load(models / entry["files"]["pt"]["path"], weights_only=False)
     assert weights["model_config"]["resolution"] == 64
+    # Calibration and OOD, fitted on the checkpoint's own split, travel with the model.
+    calibration, ood = entry["calibration"], entry["ood"]
+    assert calibration["temperature"] > 0 and "site_b" in calibration["ece"]
+    assert {"before", "after", "nll_before", "nll_after"} <= set(calibration["ece"]["validation"])
+    assert ood["method"] == "mahalanobis" and ood["threshold"] > 0 and "site_b" in ood["flagged"]
+    stats = load_statistics(models / entry["files"]["ood"]["path"])
+    assert stats.size == embedding.shape[1]
+    assert "ece" not in entry["metrics"]["site_b"]  # not twice: calibration holds it
 
 
 def test_cli_train_and_export(phantom_roots: dict[str, Path], tmp_path: Path) -> None:
@@ -177,7 +183,8 @@ def test_cli_train_and_export(phantom_roots: dict[str, Path], tmp_path: Path) ->
     assert (tmp_path / "models" / "manifest.json").exists()
     bad = subprocess.run([sys.executable, "-m", "sharpcxr.cli", "train", "--dataset", "mnist"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert bad.returncode == 2 and "dataset must be one of" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice: 'mnist'" in bad.stderr
+    assert "phantoms" in bad.stderr  # the allowed values are listed
 
 
 def test_hpo_search_with_shared_sqlite_storage(
@@ -235,9 +242,18 @@ def test_model_card_lists_every_model() -> None:
          "training": {"data": "data/x", "config": {"init_from": None}}}
         for r in (256, 512)
     ]}  # fmt: skip
+    manifest["models"][0]["calibration"] = {
+        "temperature": 0.5,
+        "ece": {"test_site_a": {"before": 0.2, "after": 0.1, "nll_before": 0.7,
+                                "nll_after": 0.6, "n": 10}},
+    }  # fmt: skip
+    manifest["models"][0]["ood"] = {"threshold": 7.25,
+                                    "flagged": {"test_site_a": {"rate": 0.05}}}  # fmt: skip
     card = model_card(manifest)
     assert card.count("| m |") == 2 and "0.800 (10)" in card and "n/a (10)" in card
     assert "not for clinical use" in card
+    assert "| 256 | 0.500 | test_site_a | 10 | 0.200 -> 0.100 | 0.700 -> 0.600 | 5.0% |" in card
+    assert "256 px 7.25" in card and "512 px n/a" in card
 
 
 def test_early_stop_after_patience_epochs_without_improvement(

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrmodel.checkpoint import load_checkpoint
 from imaging.dicom_writer import write_dicom
 from imaging.rle import encode_siim_rle
 from sharpcxr.cli import build_parser, main
 from training.config import TrainConfig
 from training.data import load_records, split_records, split_test_set
 from training.datasets import PreprocessCache, Record
-from training.loop import load_checkpoint
 from training.study.analysis import _paired_tables, summarise_set
 from training.study.cli import config_from_args
 from training.study.config import StudyConfig
@@ -252,7 +252,7 @@ def test_cli_round_trip_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     args = build_parser().parse_args(argv)
     assert config_from_args(args) == cfg
     assert main(["study", "--downsample", "maxpool"]) == 2
-    assert "downsamples must be among" in capsys.readouterr().err
+    assert "downsample must be one of standard, blurpool" in capsys.readouterr().err
     assert main(["study", "--external", "nih.v2=/data/nih"]) == 2
     assert "external set names" in capsys.readouterr().err
     assert main(["study", "--external", "/data/nih"]) == 2

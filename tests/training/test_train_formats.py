@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from cxrmodel.checkpoint import load_checkpoint
 from tests.training.test_datasets import write_chexpert, write_nih, write_siim
 from training.config import TrainConfig
 from training.data import label_names
-from training.loop import load_checkpoint, train
+from training.loop import train
 
 
 def run(tmp_path: Path, **fields: object) -> dict:

@@ -48,9 +48,8 @@ NIH_LABELS: tuple[str, ...] = (
     "Hernia",
 )
 
-#: suffixes read as DICOM; everything else goes through :func:`read_raster`
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ""})
-#: suffixes read as 8/16-bit grayscale rasters (NIH PNG, CheXpert JPEG)
+#: suffixes read as 8/16-bit grayscale rasters (NIH PNG, CheXpert JPEG); anything else is
+#: read as DICOM
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 Box = tuple[float, float, float, float]
@@ -93,11 +92,6 @@ class Record:
 
     def __hash__(self) -> int:
         return hash((self.image_id, str(self.path)))
-
-    @property
-    def has_localisation(self) -> bool:
-        """True when the record carries a mask (RLE rows) or boxes."""
-        return bool(self.mask_rle or self.boxes)
 
 
 def label_vector(names: tuple[str, ...] | list[str], present: set[str]) -> npt.NDArray[np.float32]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import logging
 import sys
 import typing
@@ -47,17 +48,23 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
         hint = hints[f.name]
         default: typing.Any = f.default
         shown: typing.Any = default
+        choices = None
         if typing.get_origin(hint) is tuple:
-            kind: typing.Any = _tuple_parser(typing.get_args(hint)[0])
+            item = typing.get_args(hint)[0]
+            # Enum items stay strings here; StudyConfig turns them into the enum (and
+            # names the allowed values when one is wrong).
+            kind: typing.Any = _tuple_parser(str if issubclass(item, enum.Enum) else item)
             shown = ",".join(map(str, default))
         else:
             kind, _ = flag_type(hint)
+            if isinstance(kind, type) and issubclass(kind, enum.Enum):
+                kind, choices, default = str, [m.value for m in kind], default.value
         flags = [flag, "--downsample"] if f.name == "downsamples" else [flag]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=_HELP.get(f.name))  # fmt: skip
             continue
-        parser.add_argument(*flags, dest=f.name, type=kind, default=default,
+        parser.add_argument(*flags, dest=f.name, type=kind, default=default, choices=choices,
                             help=f"{_HELP.get(f.name, '')} (default: {shown})")  # fmt: skip
     parser.add_argument("--external", action="append", default=[], metavar="NAME=ROOT",
                         help="an external (out-of-distribution) test set in the --dataset "

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.architectures import ARCHITECTURES, DOWNSAMPLES
+from cxrmodel.resolution import check_resolution
+from cxrmodel.vocab import Architecture, Dataset, Downsample
+from training.config import enum_member, json_plain
 
 
 @dataclass
@@ -27,7 +29,7 @@ class StudyConfig:
     reports_dir: str = "reports"  # the report goes to reports_dir/name
     runs_dir: str = "runs/study"  # checkpoints and per-case predictions (resumable)
     # ---- data ------------------------------------------------------------------------
-    dataset: str = "phantoms"  # phantoms | siim | nih | chexpert (TrainConfig.dataset)
+    dataset: Dataset = Dataset.PHANTOMS  # phantoms | siim | nih | chexpert (TrainConfig.dataset)
     data_root: str | None = None  # None with phantoms: generated under data_dir
     external: dict[str, str] = field(default_factory=dict)  # name -> root (out of distribution)
     data_dir: str = "data/study"  # generated phantoms and the preprocessing cache
@@ -37,8 +39,8 @@ class StudyConfig:
     test_fraction: float = 1 / 3  # patient-level in-distribution test hold-out
     # ---- the axes --------------------------------------------------------------------
     resolutions: tuple[int, ...] = (64, 128, 256, 512)
-    architecture: str = "compact"  # compact | densenet121
-    downsamples: tuple[str, ...] = ("standard",)  # standard | blurpool | flc | asap
+    architecture: Architecture = Architecture.COMPACT  # compact | densenet121
+    downsamples: tuple[Downsample, ...] = (Downsample.STANDARD,)  # standard | blurpool | flc | asap
     folds: int = 3
     # ---- training, the same at every resolution (module docstring) -------------------
     epochs: int = 10
@@ -58,15 +60,20 @@ class StudyConfig:
     grid_cases: int = 4  # hold-out positives shown in the saliency grid (small to large)
     shift_ablation: bool = True  # generated phantoms only: which site-b factor costs what
 
+    def __post_init__(self) -> None:
+        # The vocabularies accept their strings (from flags and the resumed study.json).
+        self.dataset = enum_member(Dataset, self.dataset, "dataset")
+        self.architecture = enum_member(Architecture, self.architecture, "architecture")
+        self.downsamples = tuple(enum_member(Downsample, d, "downsample") for d in self.downsamples)
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and the allowed values."""
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}")
-        bad = [d for d in self.downsamples if d not in DOWNSAMPLES]
-        if bad or not self.downsamples:
-            raise ValueError(f"downsamples must be among {DOWNSAMPLES}, got {self.downsamples}")
-        if not self.resolutions or any(not 32 <= r <= 2048 for r in self.resolutions):
-            raise ValueError(f"resolutions must be in 32..2048, got {self.resolutions}")
+        if not self.downsamples:
+            raise ValueError("downsamples must name at least one of standard, blurpool, flc, asap")
+        if not self.resolutions:
+            raise ValueError("resolutions must name at least one resolution")
+        for resolution in self.resolutions:
+            check_resolution(resolution)
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2 (k-fold cross-validation), got {self.folds}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -93,4 +100,5 @@ class StudyConfig:
         return Path(self.runs_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able values (enums as their strings, tuples kept)."""
+        return json_plain(dataclasses.asdict(self))

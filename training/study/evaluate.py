@@ -66,7 +66,7 @@ def infer(
     loader = DataLoader(CXRDataset(records, resolution, cache=cache), batch_size=batch_size)
     logits, labels, cams = [], [], []
     for batch in loader:
-        logit, cam = model.forward_with_cam(batch["image"].to(device))  # type: ignore[operator]
+        logit, cam, _ = model.forward_explained(batch["image"].to(device))  # type: ignore[operator]
         logits.append(logit[:, 0].double().cpu().numpy())
         cams.append(cam.float().cpu().numpy())
         labels.append(batch["label"][:, 0].numpy())

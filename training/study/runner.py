@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint
 from training.datasets import PreprocessCache
-from training.loop import load_checkpoint, model_from_checkpoint, resolve_device, train
+from training.loop import resolve_device, train
 from training.study.config import StudyConfig
 from training.study.data import load_study_data, train_config
 from training.study.evaluate import Inference, ensemble, infer, localise

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint
 from imaging.phantoms import PhantomSetSpec, write_phantom_sets
 from training.datasets import PreprocessCache
-from training.loop import load_checkpoint, model_from_checkpoint, resolve_device
+from training.loop import resolve_device
 from training.statistics import auroc_ci, paired_delong
 from training.study.config import StudyConfig
 from training.study.data import load_records_for, train_config

@@ -1,4 +1,4 @@
-"""Architectures: shapes/stride, anti-aliased pooling, in-graph Grad-CAM, checkpointing, weights."""
+"""cxrmodel.networks: stride, anti-aliased pooling, in-graph Grad-CAM, checkpointing."""
 
 from __future__ import annotations
 
@@ -13,20 +13,19 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from imaging.saliency import normalise_cam
-from training.antialias import (
+from cxrmodel.antialias import (
     BlurPool2d,
     FrequencyPool2d,
     binomial_filter,
     frequency_pool_fft,
     frequency_pool_matrix,
 )
-from training.architectures import (
-    ARCHITECTURES,
-    DOWNSAMPLES,
-    CXRClassifier,
-    build_model,
-)
+from cxrmodel.networks import CXRClassifier, build_model
+from cxrmodel.vocab import Architecture, Downsample
+from imaging.saliency import normalise_cam
+
+ARCHITECTURES = list(Architecture)
+DOWNSAMPLES = list(Downsample)
 
 
 def randomise(model: CXRClassifier, seed: int = 0) -> CXRClassifier:
@@ -156,9 +155,11 @@ def test_stride_32_everywhere(architecture: str, downsample: str) -> None:
         x = torch.randn(2, 1, r, r)
         with torch.no_grad():
             feats = model.features(x)
-            logits, cam = model.forward_with_cam(x)
+            logits, cam, embedding = model.forward_explained(x)
         assert feats.shape[-2:] == (r // 32, r // 32)
         assert logits.shape == (2, 1) and cam.shape == (2, r // 32, r // 32)
+        assert embedding.shape == (2, model.embedding_size) == (2, feats.shape[1])
+        assert torch.allclose(embedding, feats.mean(dim=(2, 3)))
     assert isinstance(model.target_layer, nn.ReLU) and not model.target_layer.inplace
     assert model.target_layer is list(model.features.children())[-1]
     assert model.features.conv0.in_channels == 1
@@ -171,6 +172,7 @@ def test_state_dict_keys_shared_across_downsamples() -> None:
     clone = build_model(**model.config())
     clone.load_state_dict(model.state_dict(), strict=True)
     assert model.config() == {"architecture": "compact", "downsample": "flc", "num_classes": 3}
+    assert all(type(v) is str for k, v in model.config().items() if k != "num_classes")
 
 
 def test_rejects_unknown_choices() -> None:
@@ -179,16 +181,16 @@ def test_rejects_unknown_choices() -> None:
     with pytest.raises(ValueError, match="downsample"):
         build_model("compact", "maxpool")
     with pytest.raises(IndexError):
-        build_model("compact").forward_with_cam(torch.zeros(1, 1, 64, 64), class_index=1)
+        build_model("compact").forward_explained(torch.zeros(1, 1, 64, 64), class_index=1)
 
 
 @pytest.mark.parametrize("downsample", DOWNSAMPLES)
-def test_forward_with_cam_equals_pytorch_grad_cam(downsample: str) -> None:
+def test_forward_explained_cam_equals_pytorch_grad_cam(downsample: str) -> None:
     model = randomise(build_model("compact", downsample, num_classes=3), seed=1)
     x = torch.randn(3, 1, 128, 128, generator=torch.Generator().manual_seed(2))
     for class_index in (0, 2):
         with torch.no_grad():
-            logits, cam = model.forward_with_cam(x, class_index)
+            logits, cam, _ = model.forward_explained(x, class_index)
             assert torch.allclose(logits, model(x), atol=1e-6)
         assert cam.min() >= 0 and cam.amax(dim=(1, 2)).min() > 0
         ours = normalise_cam(cam.numpy())

@@ -45,10 +45,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - the torch idiom
 from torchvision.models.densenet import _DenseLayer, _Transition
 
-from training.antialias import BlurPool2d, FrequencyPool2d, Window
-
-ARCHITECTURES = ("densenet121", "compact")
-DOWNSAMPLES = ("standard", "blurpool", "flc", "asap")
+from cxrmodel.antialias import BlurPool2d, FrequencyPool2d, Window
+from cxrmodel.vocab import Architecture, Downsample, choices
 
 #: torchvision.models.DenseNet arguments of the compact variant
 COMPACT_SPEC: dict[str, Any] = {
@@ -59,26 +57,26 @@ COMPACT_SPEC: dict[str, Any] = {
 }
 
 
-def _stem_pool(downsample: str, channels: int) -> nn.Module:
+def _stem_pool(downsample: Downsample, channels: int) -> nn.Module:
     """Replacement of the stem max-pool 3x3/s2/p1: ``[N, C, H, W] -> [N, C, H/2, W/2]``."""
-    if downsample == "standard":
+    if downsample == Downsample.STANDARD:
         return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-    if downsample == "blurpool":
+    if downsample == Downsample.BLURPOOL:
         # "MaxBlurPool": dense max (evaluated at stride 1), then anti-aliased subsampling.
         return nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=1), BlurPool2d(channels, 4, 2))
-    window: Window = "hamming" if downsample == "asap" else "none"
+    window: Window = "hamming" if downsample == Downsample.ASAP else "none"
     return nn.Sequential(
         nn.MaxPool2d(kernel_size=3, stride=1, padding=1), FrequencyPool2d(window=window)
     )
 
 
-def _transition_pool(downsample: str, channels: int) -> nn.Module:
+def _transition_pool(downsample: Downsample, channels: int) -> nn.Module:
     """Replacement of the transitions' avg-pool 2x2/s2."""
-    if downsample == "standard":
+    if downsample == Downsample.STANDARD:
         return nn.AvgPool2d(kernel_size=2, stride=2)
-    if downsample == "blurpool":
+    if downsample == Downsample.BLURPOOL:
         return BlurPool2d(channels, 4, 2)
-    window: Window = "hamming" if downsample == "asap" else "none"
+    window: Window = "hamming" if downsample == Downsample.ASAP else "none"
     return FrequencyPool2d(window=window)
 
 
@@ -91,20 +89,25 @@ class CXRClassifier(nn.Module):
     """
 
     def __init__(
-        self, architecture: str = "densenet121", downsample: str = "standard", num_classes: int = 1
+        self,
+        architecture: str = Architecture.DENSENET121,
+        downsample: str = Downsample.STANDARD,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        if downsample not in DOWNSAMPLES:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+        try:
+            self.architecture = Architecture(architecture)
+            self.downsample = Downsample(downsample)
+        except ValueError:
+            raise ValueError(
+                f"architecture must be {choices(Architecture)} and downsample "
+                f"{choices(Downsample)}; got {architecture!r}, {downsample!r}"
+            ) from None
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.architecture = architecture
-        self.downsample = downsample
         self.num_classes = num_classes
 
-        if architecture == "densenet121":
+        if self.architecture == Architecture.DENSENET121:
             base = torchvision.models.densenet121(weights=None)
         else:
             base = torchvision.models.DenseNet(**COMPACT_SPEC)
@@ -113,10 +116,10 @@ class CXRClassifier(nn.Module):
         conv0 = nn.Conv2d(1, stem.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(conv0.weight)  # torchvision's initialisation
         features.conv0 = conv0
-        features.pool0 = _stem_pool(downsample, stem.out_channels)
+        features.pool0 = _stem_pool(self.downsample, stem.out_channels)
         for module in features.children():
             if isinstance(module, _Transition):
-                module.pool = _transition_pool(downsample, module.conv.out_channels)
+                module.pool = _transition_pool(self.downsample, module.conv.out_channels)
         features.add_module("relu5", nn.ReLU(inplace=False))
         self.features: nn.Sequential = features
         num_features = base.classifier.in_features
@@ -133,8 +136,15 @@ class CXRClassifier(nn.Module):
         logits: Tensor = self.classifier(self.features(x).mean(dim=(2, 3)))
         return logits
 
-    def forward_with_cam(self, x: Tensor, class_index: int = 0) -> tuple[Tensor, Tensor]:
-        """Logits ``[N, num_classes]`` and the raw Grad-CAM ``[N, R/32, R/32]`` of one class.
+    @property
+    def embedding_size(self) -> int:
+        """``C``: channels of the last feature map, the size of the ``embedding`` output."""
+        return int(self.classifier.in_features)
+
+    def forward_explained(self, x: Tensor, class_index: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """One forward pass: logits ``[N, num_classes]``, the raw Grad-CAM ``[N, R/32, R/32]``
+        of one class and the embedding ``[N, C]`` (the pooled features, the classifier's
+        input): the exported graph's three outputs (:mod:`cxrmodel.interface`).
 
         With ``logit = W . mean_hw(A) + b`` the gradient of the logit w.r.t. ``A`` is
         ``W_c / (h w)`` at every position, so Grad-CAM's channel weights (mean gradient)
@@ -144,12 +154,13 @@ class CXRClassifier(nn.Module):
         if not 0 <= class_index < self.num_classes:
             raise IndexError(f"class_index {class_index} out of range for {self.num_classes}")
         a = self.features(x)
-        logits = self.classifier(a.mean(dim=(2, 3)))
+        embedding = a.mean(dim=(2, 3))
+        logits = self.classifier(embedding)
         h, w = a.shape[-2:]
         weight = self.classifier.weight[class_index].reshape(1, -1, 1, 1) / (h * w)
         # A 1x1 convolution: one standard op in ONNX / TensorRT for the channel-weighted sum.
         cam = F.relu(F.conv2d(a, weight)).squeeze(1)
-        return logits, cam
+        return logits, cam, embedding
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each dense layer's concat+BN+ReLU+1x1 conv in backward (torchvision's
@@ -164,8 +175,8 @@ class CXRClassifier(nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-able ``{"architecture", "downsample", "num_classes"}`` for :func:`build_model`."""
         return {
-            "architecture": self.architecture,
-            "downsample": self.downsample,
+            "architecture": self.architecture.value,
+            "downsample": self.downsample.value,
             "num_classes": self.num_classes,
         }
 
@@ -211,8 +222,8 @@ def load_torchvision_weights(model: CXRClassifier, path: str | Path) -> None:
 
 
 def build_model(
-    architecture: str = "densenet121",
-    downsample: str = "standard",
+    architecture: str = Architecture.DENSENET121,
+    downsample: str = Downsample.STANDARD,
     num_classes: int = 1,
     pretrained: str | Path | None = None,
 ) -> CXRClassifier:

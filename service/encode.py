@@ -1,0 +1,165 @@
+"""The encode stage: domain results -> the API's response model (DESIGN.md, HTTP API v1).
+
+The one place that knows the response's shape: the imaging path returns domain objects
+(:class:`imaging.header.HeaderFacts`, :class:`imaging.saliency.SaliencyResult` with its
+:class:`~imaging.saliency.Box` es) and the pipeline an :class:`~service.pipeline.Answer`;
+this module turns them into :mod:`service.schemas` models, encoding the mask (1-bit PNG
+or COCO RLE) and the heatmap PNG on the way. Masks and boxes stay in the original image's
+pixel grid.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from imaging.header import HeaderFacts
+from imaging.rle import encode_coco_rle
+from imaging.saliency import Box, SaliencyResult, heatmap_png, mask_png
+from service.registry import ServedModel
+from service.schemas import (
+    AssessmentBlock,
+    BoxOut,
+    HeatmapBlock,
+    ImageBlock,
+    MaskBlock,
+    ModelBlock,
+    OodBlock,
+    PredictResponse,
+    Reason,
+    SaliencyBlock,
+    Timings,
+)
+
+if TYPE_CHECKING:
+    from service.pipeline import Answer, RequestContext
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(rows, columns) from a PNG's IHDR chunk."""
+    width, height = struct.unpack(">II", png[16:24])
+    return int(height), int(width)
+
+
+def saliency_block(
+    result: SaliencyResult,
+    method: str,
+    mask_format: str,
+    heatmap_of: npt.NDArray[np.float32] | None,
+    heatmap_max_side: int,
+) -> SaliencyBlock:
+    """The mask as PNG or RLE, and the heatmap over ``heatmap_of`` (the display pixels)
+    when asked for."""
+    rows, columns = result.mask.shape
+    if mask_format == "rle":
+        rle = encode_coco_rle(result.mask)
+        mask = MaskBlock(format="rle", rows=rows, columns=columns, counts=rle["counts"])
+    else:
+        data = base64.b64encode(mask_png(result.mask)).decode("ascii")
+        mask = MaskBlock(format="png", rows=rows, columns=columns, data=data)
+    heatmap = None
+    if heatmap_of is not None:
+        png = heatmap_png(result.saliency, heatmap_of, max_side=heatmap_max_side)
+        h_rows, h_columns = _png_size(png)
+        heatmap = HeatmapBlock(
+            rows=h_rows, columns=h_columns, data=base64.b64encode(png).decode("ascii")
+        )
+    return SaliencyBlock(method=method, threshold=result.threshold, mask=mask, heatmap=heatmap)
+
+
+def box_out(box: Box) -> BoxOut:
+    return BoxOut(
+        x_min=box.x_min,
+        y_min=box.y_min,
+        x_max=box.x_max,
+        y_max=box.y_max,
+        score=box.score,
+        area_px=box.area_px,
+        area_mm2=box.area_mm2,
+    )
+
+
+def image_block(facts: HeaderFacts) -> ImageBlock:
+    return ImageBlock(
+        rows=facts.rows,
+        columns=facts.columns,
+        pixel_spacing_mm=list(facts.pixel_spacing_mm) if facts.pixel_spacing_mm else None,
+        photometric_interpretation=facts.photometric_interpretation,
+        transfer_syntax_uid=facts.transfer_syntax_uid,
+        modality=facts.modality,
+        bits_stored=facts.bits_stored,
+        body_part_examined=facts.body_part_examined,
+        view_position=facts.view_position,
+        voi_fallback=facts.voi_fallback,
+    )
+
+
+def model_block(model: ServedModel) -> ModelBlock:
+    entry = model.entry
+    return ModelBlock(
+        name=entry.name,
+        version=entry.version,
+        resolution=entry.resolution,
+        backend=model.backend.name,
+        sha256=model.sha256,
+        architecture=entry.architecture.value,
+        intended_use=entry.intended_use,
+    )
+
+
+def encode_response(
+    *,
+    ctx: RequestContext,
+    model: ServedModel,
+    answer: Answer,
+    saliency: SaliencyResult | None,
+    heatmap_max_side: int,
+    seconds: dict[str, float],
+    postprocess_started: float,
+) -> PredictResponse:
+    """The response of one model. ``seconds``: the earlier stages' own times;
+    ``postprocess_started``: ``time.perf_counter()`` when explain began (explain and this
+    encoding are ``timings_ms.postprocess``)."""
+    decoded = ctx.decoded
+    assert decoded is not None
+    options = ctx.options
+    block = None
+    if saliency is not None:
+        block = saliency_block(
+            saliency,
+            options.method,
+            options.mask_format,
+            decoded.pixels if options.heatmap else None,
+            heatmap_max_side,
+        )
+    now = time.perf_counter()
+    timings = {k: round(v * 1000, 3) for k, v in seconds.items()}
+    timings["postprocess"] = round((now - postprocess_started) * 1000, 3)
+    timings["total"] = round((now - ctx.started) * 1000, 3)
+    threshold = model.entry.threshold
+    return PredictResponse(
+        request_id=ctx.request_id,
+        model=model_block(model),
+        probability=answer.probability,
+        threshold=threshold,
+        positive=answer.probability >= threshold if answer.assessed else None,
+        assessment=AssessmentBlock(
+            status="assessed" if answer.assessed else "not_assessable",
+            reasons=[Reason(code=r.code, message=r.message) for r in answer.reasons],
+        ),
+        ood=OodBlock(
+            score=answer.ood_score,
+            threshold=model.ood.threshold,
+            in_distribution=answer.in_distribution,
+            method=model.ood.method,
+        ),
+        image=image_block(decoded.facts),
+        saliency=block,
+        boxes=[box_out(b) for b in saliency.boxes] if saliency else [],
+        timings_ms=Timings(**timings),
+    )
