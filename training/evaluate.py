@@ -75,7 +75,7 @@ def predict(model: CXRClassifier, loader: DataLoader, device: torch.device) -> P
     )
 
 
-def _known_binary(
+def known_binary(
     labels: npt.ArrayLike, scores: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Known cases only, labels binarised at 0.5 (soft labels, e.g. CheXpert's U-random
@@ -88,7 +88,7 @@ def _known_binary(
 
 def auroc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     """AUROC of one label over known cases; NaN when only one class is present."""
-    y, s = _known_binary(labels, scores)
+    y, s = known_binary(labels, scores)
     if y.size == 0 or np.unique(y).size < 2:
         return math.nan
     return float(roc_auc_score(y, s))
@@ -106,7 +106,7 @@ def mean_auroc(predictions: Predictions) -> float:
 
 def youden_threshold(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     """Probability threshold maximising Youden's J on known cases (0.5 when undefined)."""
-    y, s = _known_binary(labels, scores)
+    y, s = known_binary(labels, scores)
     if y.size == 0 or np.unique(y).size < 2:
         return 0.5
     fpr, tpr, thresholds = roc_curve(y, s)

@@ -27,9 +27,7 @@ from sklearn.covariance import LedoitWolf
 
 from cxrmodel.calibration import calibrated_probabilities
 from cxrmodel.ood import FeatureStatistics, conformal_threshold, describe_rule
-from training.evaluate import Predictions
-
-FloatArray = npt.NDArray[np.float64]
+from training.evaluate import Predictions, known_binary
 
 #: equal-width bins of the ECE (Guo et al. use 15)
 ECE_BINS = 15
@@ -45,10 +43,7 @@ def expected_calibration_error(
     """ECE of binary probabilities: ``sum_b n_b / N * |mean(p in b) - mean(y in b)|`` over
     ``bins`` equal-width bins of ``[0, 1]`` (1.0 falls in the last). NaN labels are
     ignored; NaN when nothing is known."""
-    p = np.asarray(probabilities, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    known = ~np.isnan(y)
-    p, y = p[known], (y[known] > 0.5).astype(np.float64)
+    y, p = known_binary(labels, probabilities)
     if p.size == 0:
         return math.nan
     index = np.minimum((p * bins).astype(np.int64), bins - 1)
@@ -60,18 +55,10 @@ def expected_calibration_error(
     return float(np.sum(gaps * counts[filled]) / p.size)
 
 
-def _known(logits: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-    """Logits and binarised labels of the cases whose label is known."""
-    z = np.asarray(logits, dtype=np.float64).ravel()
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    known = ~np.isnan(y)
-    return z[known], (y[known] > 0.5).astype(np.float64)
-
-
 def binary_nll(logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float = 1.0) -> float:
     """Mean binary cross-entropy of ``sigmoid(logit / temperature)`` over known labels
     (what temperature scaling minimises); NaN when nothing is known."""
-    z, y = _known(logits, labels)
+    y, z = known_binary(labels, logits)
     if z.size == 0:
         return math.nan
     s = z / temperature
@@ -82,7 +69,7 @@ def binary_nll(logits: npt.ArrayLike, labels: npt.ArrayLike, temperature: float 
 def fit_temperature(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """The ``T > 0`` minimising :func:`binary_nll` over known labels (bounded search over
     ``log T``); 1.0 when one class only."""
-    z, y = _known(logits, labels)
+    y, z = known_binary(labels, logits)
     if z.size == 0 or np.unique(y).size < 2:
         return 1.0
     best = minimize_scalar(lambda log_t: binary_nll(z, y, math.exp(log_t)),
@@ -174,7 +161,7 @@ def calibration_report(
     headline) and the cross-entropy (what the temperature minimises; on a few hundred
     images the 15-bin ECE is noisy, the cross-entropy much less) before and after
     scaling by ``temperature``."""
-    _, known = _known(logits, labels)
+    known, _ = known_binary(labels, logits)
     return {
         "before": expected_calibration_error(calibrated_probabilities(logits, 1.0), labels),
         "after": expected_calibration_error(calibrated_probabilities(logits, temperature), labels),
