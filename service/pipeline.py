@@ -217,8 +217,8 @@ class Pipeline:
         inference = await self.batchers[model.resolution].infer(
             model_input.image, ctx.options.method, ctx.deadline
         )
-        gate_findings = ctx.findings if self.gate_mode is GateMode.FLAG else []
-        answer = judge(model, inference, gate_findings, self.gate_mode)
+        # Only flag mode gets here with findings: off records none, refuse raised on them.
+        answer = judge(model, inference, ctx.findings, self.gate_mode)
         if answer.assessed:
             self.metrics.count_assessment(model.resolution, "assessed", "none")
         for reason in answer.reasons:
