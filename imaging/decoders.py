@@ -53,6 +53,17 @@ PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 
 
+#: every transfer syntax :func:`imaging.dicom.read_dicom` can decode: pydicom's native ones
+#: (uncompressed, deflated, big endian) and those with a plugin above. What a receiver
+#: (STOW-RS, the C-STORE SCP) accepts.
+DECODABLE_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    uids.ExplicitVRLittleEndian,
+    uids.ImplicitVRLittleEndian,
+    uids.DeflatedExplicitVRLittleEndian,
+    uids.ExplicitVRBigEndian,
+    *PLUGIN_PREFERENCE,
+)
+
 def plugin_order(tsyntax: str) -> list[str]:
     """Installed plugins for ``tsyntax`` in preference order ("" = pydicom's native)."""
     decoder = get_decoder(uids.UID(tsyntax))

@@ -23,7 +23,7 @@ from service.errors import ServiceError, error_body, error_headers, error_status
 from service.logs import configure_logging, request_id_var
 from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
-from service.routes import health, models, predict
+from service.routes import dicomweb, health, jobs, models, predict
 from service.runtime import ServiceRuntime
 from service.settings import Settings, get_settings
 from sharpcxr import __version__
@@ -117,7 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     api.include_router(predict.router)
     api.include_router(models.router)
+    api.include_router(jobs.router)
     app.include_router(api)
+    app.include_router(dicomweb.router, dependencies=[Depends(require_api_key)])
     app.include_router(health.router)
 
     @app.get("/", include_in_schema=False)

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import NotReadyError, UnauthorizedError
+from service.pacs.runner import JobRunner
 from service.pipeline import Pipeline
 from service.registry import Registry
 from service.runtime import ServiceRuntime
@@ -40,7 +41,14 @@ def get_registry(runtime: RuntimeDep) -> Registry:
     return runtime.registry
 
 
+def get_runner(runtime: RuntimeDep) -> JobRunner:
+    if not runtime.ready or runtime.runner is None:
+        raise NotReadyError(runtime.detail)
+    return runtime.runner
+
+
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 

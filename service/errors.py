@@ -86,6 +86,13 @@ class BadRequestError(ServiceError):
     http_status = 400
 
 
+class NotFoundError(ServiceError):
+    """A job, study or result object the service does not hold."""
+
+    code = "not_found"
+    http_status = 404
+
+
 class InvalidParameterError(ServiceError):
     """A query parameter with a value outside its contract."""
 

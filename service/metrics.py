@@ -76,6 +76,31 @@ class Metrics:
             registry=r,
         )
 
+        self.jobs = Counter(
+            "sharpcxr_jobs",
+            "PACS jobs by how the instance came (stow, dimse) and what became of it "
+            "(received, duplicate, done, refused, failed, retried)",
+            ["source", "state"],
+            registry=r,
+        )
+        self.jobs_pending = Gauge(
+            "sharpcxr_jobs_pending",
+            "PACS jobs received and not finished (queued or processing)",
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "sharpcxr_outbox_depth",
+            "Result objects waiting for delivery (every destination)",
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "sharpcxr_deliveries",
+            "Delivery attempts of result objects by destination (stow, dimse) and outcome "
+            "(delivered, retry, failed)",
+            ["destination", "outcome"],
+            registry=r,
+        )
+
     def count_assessment(self, resolution: int, status: str, reason: str) -> None:
         self.assessments.labels(str(resolution), status, reason).inc()
 

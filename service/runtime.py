@@ -14,6 +14,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from cxrmodel.vocab import Device
 from service.batching import Batcher
 from service.metrics import Metrics
+from service.pacs.delivery import CStoreSender, Sender, StowSender
+from service.pacs.runner import JobRunner
+from service.pacs.scp import StorageSCP
+from service.pacs.store import JobStore
 from service.pipeline import Pipeline
 from service.registry import Registry, load_registry
 from service.settings import Settings
@@ -30,6 +34,9 @@ class ServiceRuntime:
         self.batchers: dict[int, Batcher] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.inference_pools: list[ThreadPoolExecutor] = []
+        self.store: JobStore | None = None
+        self.runner: JobRunner | None = None
+        self.scp: StorageSCP | None = None
         self.ready = False
         self.detail = "models are still loading"
 
@@ -70,6 +77,7 @@ class ServiceRuntime:
             heatmap_max_side=s.heatmap_max_side,
             max_decode_backlog=s.max_queue + s.decode_workers,
         )
+        await self._start_pacs()
         self.ready = True
         self.detail = "ready"
         log.info(
@@ -81,6 +89,39 @@ class ServiceRuntime:
             },
         )
 
+    async def _start_pacs(self) -> None:
+        """The job store, its worker and deliverer, and the C-STORE SCP when configured."""
+        s = self.settings
+        assert self.pipeline is not None and self.pool is not None
+        self.store = await asyncio.to_thread(JobStore, s.jobs_database_url())
+        senders: list[Sender] = []
+        if s.results_stow_url:
+            senders.append(StowSender(s.results_stow_url))
+        if s.results_ae:
+            senders.append(CStoreSender(s.results_ae, calling_aet=s.dicom_ae_title))
+        self.runner = JobRunner(
+            self.store,
+            self.pipeline,
+            self.pool,
+            self.metrics,
+            senders,
+            workers=s.job_workers,
+            request_timeout_s=s.request_timeout_s,
+            delivery_backoff_s=s.delivery_backoff_s,
+            delivery_max_attempts=s.delivery_max_attempts,
+        )
+        await self.runner.start()
+        if s.dicom_port is not None:
+            self.scp = StorageSCP(
+                self.runner.receive,
+                host=s.dicom_host,
+                port=s.dicom_port,
+                ae_title=s.dicom_ae_title,
+                allowed_aes=s.dicom_allowed_aes,
+                max_instance_bytes=int(s.max_upload_mb * 1024 * 1024),
+            )
+            await asyncio.to_thread(self.scp.start)
+
     def _inference_pool(self, name: str) -> ThreadPoolExecutor:
         pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self.inference_pools.append(pool)
@@ -89,6 +130,12 @@ class ServiceRuntime:
     async def stop(self) -> None:
         self.ready = False
         self.detail = "shutting down"
+        # Intake first (nothing new accepted), then the workers (an unfinished job stays
+        # in the store and is done after the restart), then what they used.
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)
+        if self.runner is not None:
+            await self.runner.stop()
         for batcher in self.batchers.values():
             await batcher.stop()
         self.batchers.clear()
@@ -98,3 +145,5 @@ class ServiceRuntime:
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.registry is not None:
             self.registry.close()
+        if self.store is not None:
+            self.store.close()

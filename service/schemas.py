@@ -6,6 +6,7 @@ the DICOM, row 0 at the top), never the model's; box corners are inclusive pixel
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -199,3 +200,52 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# ---------------------------------------------------------------- PACS jobs (DESIGN "DICOMweb")
+class ResultObjectOut(BaseModel):
+    kind: Literal["seg", "sr", "gsps"]
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    url: str = Field(description="GET it as application/dicom (relative to the service)")
+
+
+class DeliveryOut(BaseModel):
+    result_sop_instance_uid: str
+    destination: Literal["stow", "dimse"]
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None = Field(None, description="why the last attempt was not confirmed")
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class JobResponse(BaseModel):
+    job_id: str
+    state: Literal["queued", "processing", "done", "refused", "failed"] = Field(
+        description="refused: the image cannot be assessed (error says why); failed: the "
+        "service could not process it"
+    )
+    source: Literal["stow", "dimse"]
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    error: JobErrorOut | None = None
+    result: PredictResponse | None = Field(
+        None, description="the predict response (mask as COCO RLE) once done"
+    )
+    objects: list[ResultObjectOut] = Field(description="the DICOM objects made (SEG, SR, GSPS)")
+    deliveries: list[DeliveryOut]
+
+
+class StudyResultsResponse(BaseModel):
+    study_instance_uid: str
+    instances: list[JobResponse]

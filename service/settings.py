@@ -44,6 +44,19 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+def parse_ae_address(text: str) -> tuple[str, str, int]:
+    """``"AET@host:port"`` -> ``(aet, host, port)``; ValueError saying the form otherwise."""
+    aet, at, address = text.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and aet.strip() and 0 < len(aet.strip()) <= 16 and host):
+        raise ValueError(
+            f"an AE address is AET@host:port (AET at most 16 characters), got {text!r}"
+        )
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"the port of AE address {text!r} must be 1-65535")
+    return aet.strip(), host.strip("[]"), int(port)
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Defaults serve the demo models on loopback."""
 
@@ -86,6 +99,37 @@ class Settings(BaseSettings):
     max_pixels: int = Field(36_000_000, ge=1, description="rows * columns budget, from the header")
     heatmap_max_side: int = Field(1024, ge=64, description="longest side of heatmap PNGs")
 
+    # --- PACS integration (DESIGN "DICOMweb and DIMSE"): jobs, C-STORE SCP, delivery
+    data_dir: Path = Field(Path("data"), description="where the default job store lives")
+    jobs_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the job store and outbox; unset = SQLite (WAL) at "
+        "<data_dir>/jobs.sqlite",
+    )
+    job_workers: int = Field(2, ge=1, le=64, description="jobs processed at the same time")
+    stow_max_request_mb: float = Field(
+        1024.0, gt=0, description="one STOW-RS request, all parts together (parts: max_upload_mb)"
+    )
+    dicom_port: int | None = Field(
+        None, ge=0, le=65535, description="C-STORE SCP port; unset = no DICOM listener"
+    )
+    dicom_host: str = Field("127.0.0.1", description="address the C-STORE SCP binds")
+    dicom_ae_title: str = Field("SHARPCXR", min_length=1, max_length=16)
+    dicom_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="calling AE titles allowed to associate; empty = any caller",
+    )
+    results_stow_url: str | None = Field(
+        None,
+        description="DICOMweb base URL (…/dicom-web or …/dicom-web/studies) results are "
+        "stored to by STOW-RS; user:password@ in it is sent as HTTP basic auth",
+    )
+    results_ae: str | None = Field(None, description="AET@host:port results are sent to by C-STORE")
+    delivery_max_attempts: int = Field(12, ge=1, description="attempts before a delivery fails")
+    delivery_backoff_s: float = Field(
+        2.0, gt=0, description="first retry delay; doubles per attempt, capped at 10 minutes"
+    )
+
     # --- security and process
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys; empty = no authentication"
@@ -94,10 +138,17 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("resolutions", "api_keys", mode="before")
+    @field_validator("resolutions", "api_keys", "dicom_allowed_aes", mode="before")
     @classmethod
     def _lists_from_commas(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("results_ae")
+    @classmethod
+    def _ae_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_ae_address(value)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -129,6 +180,12 @@ class Settings(BaseSettings):
                 f"resolutions {self.resolutions}"
             )
         return self
+
+    def jobs_database_url(self) -> str:
+        """The job store's SQLAlchemy URL (the SQLite default under ``data_dir``)."""
+        if self.jobs_url:
+            return self.jobs_url
+        return f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
 
     def api_key_bytes(self) -> list[bytes]:
         return [key.get_secret_value().encode() for key in self.api_keys]

@@ -6,13 +6,16 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.deps import PipelineDep, SettingsDep
 from service.errors import DeadlineExceededError, InvalidParameterError, UnknownResolutionError
 from service.logs import request_id_var
+from service.pacs.related import encode_related
+from service.pacs.runner import result_rows
 from service.pipeline import PredictOptions, RequestContext
 from service.schemas import CompareResponse, ErrorResponse, PredictResponse
 from service.settings import Settings
@@ -105,10 +108,31 @@ def predict_options(
 OptionsDep = Annotated[PredictOptions, Depends(predict_options)]
 
 
+def wants_dicom(accept: str | None) -> bool:
+    """``Accept: multipart/related; type="application/dicom"``: the answer as DICOM objects."""
+    for item in (accept or "").lower().split(","):
+        media, _, params = item.partition(";")
+        if media.strip() == "multipart/related" and "application/dicom" in params:
+            return True
+    return False
+
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "the answer as JSON, or with `Accept: multipart/related; "
+        'type="application/dicom"` as DICOM objects: SEG (the mask; absent with explain=false), '
+        "Comprehensive SR (TID 1500) and GSPS, in the source's study",
+        "content": {'multipart/related; type="application/dicom"': {
+            "schema": {"type": "string", "format": "binary"}}},
+    },
+}  # fmt: skip
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=ERRORS,
+    responses=PREDICT_RESPONSES,
     openapi_extra=DICOM_BODY,
     summary="Pneumothorax probability, Grad-CAM mask and boxes for one DICOM",
 )
@@ -120,14 +144,22 @@ async def predict(
     resolution: Annotated[
         int | None, Query(description="model resolution; default from settings")
     ] = None,
-) -> PredictResponse:
+) -> PredictResponse | Response:
+    as_dicom = wants_dicom(request.headers.get("accept"))
+    if as_dicom:  # the objects carry the mask themselves; RLE is the cheap encoding of it
+        options = replace(options, mask_format="rle", heatmap=False)
     ctx = new_context(options, settings)
     models = pipeline.models([resolution], options.method)
     request.state.resolution_label = str(models[0].resolution)
     async with request_deadline(settings.request_timeout_s):
         body = await read_dicom_upload(request, settings.max_upload_mb)
         [response] = await pipeline.run(ctx, body, models)
-    return response
+        if not as_dicom:
+            return response
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(pipeline.pool, result_rows, body, response)
+    content_type, multipart = encode_related([row.data for row in rows])
+    return Response(multipart, media_type=content_type)
 
 
 def parse_resolutions(text: str | None, available: list[int]) -> list[int]:

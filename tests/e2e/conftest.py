@@ -30,7 +30,11 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHARPCXR_")}
-        env.update({"SHARPCXR_MODELS_DIR": str(models), "SHARPCXR_LOG_LEVEL": "DEBUG"})
+        env.update({
+            "SHARPCXR_MODELS_DIR": str(models),
+            "SHARPCXR_LOG_LEVEL": "DEBUG",
+            "SHARPCXR_DATA_DIR": str(log_path.parent / "data"),
+        })  # fmt: skip
         env.update({f"SHARPCXR_{k.upper()}": v for k, v in settings.items()})
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(

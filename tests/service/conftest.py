@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,9 @@ def bad_inputs() -> dict[str, tuple[bytes, int, str]]:
 
 
 def make_client(models: Path, **overrides: Any) -> TestClient:
+    """A client over a fresh app; its job store lives in a new temporary directory unless
+    ``data_dir`` or ``jobs_url`` is given."""
+    overrides.setdefault("data_dir", Path(tempfile.mkdtemp(prefix="sharpcxr-data-")))
     settings = Settings(models_dir=models, **overrides)
     return TestClient(create_app(settings), raise_server_exceptions=False)
 

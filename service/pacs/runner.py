@@ -1,0 +1,298 @@
+"""The job worker and the deliverer: asyncio tasks over the durable store.
+
+Worker: claim a queued job -> the service's own pipeline (decode -> gate -> batcher ->
+explain, exactly what ``/v1/predict`` runs, with the default resolution and Grad-CAM) ->
+SEG, SR and GSPS (:mod:`service.pacs.results`, in the CPU pool) -> one transaction that
+stores them, queues their deliveries and marks the job done. An image the service cannot
+assess ends ``refused`` with the refusal's code and message; an overload or deadline puts
+the job back in the queue for later; an unexpected error is retried up to
+:data:`~service.pacs.store.MAX_JOB_ATTEMPTS` times (a job that crashed the process counts
+too), then ``failed``.
+
+Deliverer: due outbox rows, grouped by destination, sent by the senders of
+:mod:`service.pacs.delivery` in a thread; a row is delivered when the receiver confirmed
+it, else retried with exponential back-off until ``delivery_max_attempts``.
+
+Logs carry job ids and codes, never UIDs or header values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+
+import pydicom
+
+from imaging.errors import ImagingError
+from service.errors import (
+    DeadlineExceededError,
+    NotReadyError,
+    OverloadedError,
+    ServiceError,
+    error_status_and_code,
+)
+from service.logs import request_id_var
+from service.metrics import Metrics
+from service.pacs.delivery import Sender
+from service.pacs.results import ResultBuildError, build_results
+from service.pacs.store import (
+    MAX_JOB_ATTEMPTS,
+    ClaimedJob,
+    Delivery,
+    JobStore,
+    NewJob,
+    ResultRow,
+)
+from service.pacs.stow import Instance
+from service.pipeline import Pipeline, PredictOptions, RequestContext
+from service.schemas import PredictResponse
+
+log = logging.getLogger(__name__)
+
+#: waits before a job refused for a transient reason (overload, deadline) is tried again
+TRANSIENT_RETRY_S = 2.0
+#: the longest a loop sleeps without being woken (a safety net for lost wake-ups)
+IDLE_POLL_S = 1.0
+TRANSIENT = (OverloadedError, DeadlineExceededError, NotReadyError)
+
+
+def part10(ds: pydicom.Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file (preamble, file meta, its transfer syntax)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def result_rows(source_bytes: bytes, response: PredictResponse) -> list[ResultRow]:
+    """The SEG, SR and GSPS for one answered instance, encoded (CPU work: run in a pool)."""
+    source = pydicom.dcmread(io.BytesIO(source_bytes), stop_before_pixels=True)
+    made = build_results(source, response)
+    rows = []
+    for kind, ds in (("seg", made.seg), ("sr", made.sr), ("gsps", made.gsps)):
+        if ds is not None:
+            rows.append(ResultRow(
+                sop_instance_uid=str(ds.SOPInstanceUID), kind=kind,
+                sop_class_uid=str(ds.SOPClassUID),
+                series_instance_uid=str(ds.SeriesInstanceUID), data=part10(ds),
+            ))  # fmt: skip
+    return rows
+
+
+class JobRunner:
+    """``job_workers`` worker tasks and one deliverer task; :meth:`wake` is thread-safe."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        pipeline: Pipeline,
+        pool: Executor,
+        metrics: Metrics,
+        senders: Sequence[Sender],
+        *,
+        workers: int,
+        request_timeout_s: float,
+        delivery_backoff_s: float,
+        delivery_max_attempts: int,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.pool = pool
+        self.metrics = metrics
+        self.senders = {s.destination: s for s in senders}
+        self.workers = workers
+        self.request_timeout_s = request_timeout_s
+        self.delivery_backoff_s = delivery_backoff_s
+        self.delivery_max_attempts = delivery_max_attempts
+        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs_ready = asyncio.Event()
+        self._deliveries_ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        recovered = await asyncio.to_thread(self.store.recover)
+        if recovered:
+            log.warning("jobs left processing by a previous process are queued again",
+                        extra={"code": "jobs_recovered", "bytes": recovered})  # fmt: skip
+        await self.refresh_gauges()
+        self._tasks = [asyncio.create_task(self._work(), name=f"sharpcxr-job-{i}")
+                       for i in range(self.workers)]  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._deliver(), name="sharpcxr-deliver"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def receive(self, instance: Instance, source: str) -> tuple[str, bool]:
+        """Store a received instance durably and wake a worker (call from a thread: it
+        blocks on the database). ``(job id, created)``; a second copy of an instance
+        keeps the first job."""
+        job_id, created = self.store.add(
+            NewJob(
+                sop_instance_uid=instance.sop_instance_uid,
+                sop_class_uid=instance.sop_class_uid,
+                study_instance_uid=instance.study_instance_uid,
+                series_instance_uid=instance.series_instance_uid,
+                source=source,
+                data=instance.data,
+            )
+        )
+        self.metrics.jobs.labels(source, "received" if created else "duplicate").inc()
+        if created:
+            self.metrics.jobs_pending.inc()
+            self.wake()
+        return job_id, created
+
+    def wake(self) -> None:
+        """A job was stored (from any thread): let an idle worker look."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._jobs_ready.set)
+
+    async def refresh_gauges(self) -> None:
+        states, pending = await asyncio.to_thread(self.store.counts)
+        self.metrics.jobs_pending.set(states.get("queued", 0) + states.get("processing", 0))
+        self.metrics.outbox_depth.set(pending)
+
+    # ------------------------------------------------------------------ worker
+    async def _work(self) -> None:
+        while True:
+            try:
+                job = await asyncio.to_thread(self.store.claim)
+            except Exception:
+                log.exception("the job store could not be read", extra={"code": "store_error"})
+                job = None
+            if job is None:
+                await _wait(self._jobs_ready, IDLE_POLL_S)
+                continue
+            request_id_var.set(f"job-{job.id}")
+            try:
+                await self._process(job)
+            except Exception:  # the store itself failed: the job stays processing
+                log.exception("job bookkeeping failed", extra={"code": "store_error"})
+            await self.refresh_gauges()
+
+    async def _process(self, job: ClaimedJob) -> None:
+        if job.attempts > MAX_JOB_ATTEMPTS:
+            message = f"processing this instance stopped {MAX_JOB_ATTEMPTS} times unfinished"
+            await asyncio.to_thread(self.store.refuse, job.id, "job_failed", message, failed=True)
+            self._count(job, "failed")
+            return
+        ctx = RequestContext(
+            request_id=f"job-{job.id}",
+            options=PredictOptions(mask_format="rle"),
+            deadline=time.monotonic() + self.request_timeout_s,
+            started=time.perf_counter(),
+        )
+        try:
+            models = self.pipeline.models([None], ctx.options.method)
+            [response] = await self.pipeline.run(ctx, job.data, models)
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(self.pool, result_rows, job.data, response)
+        except TRANSIENT as exc:
+            await self._retry(job, exc)
+            return
+        except (ImagingError, ServiceError) as exc:
+            _, code, message = error_status_and_code(exc)
+            await asyncio.to_thread(self.store.refuse, job.id, code, message)
+            log.info("job refused", extra={"code": code})
+            self._count(job, "refused")
+            return
+        except ResultBuildError as exc:
+            await asyncio.to_thread(self.store.refuse, job.id, "result_build_error", str(exc))
+            self._count(job, "refused")
+            return
+        except Exception:
+            log.exception("job failed", extra={"code": "job_error"})
+            if job.attempts >= MAX_JOB_ATTEMPTS:
+                message = "an internal error stopped processing; see the service log"
+                await asyncio.to_thread(
+                    self.store.refuse, job.id, "job_failed", message, failed=True
+                )
+                self._count(job, "failed")
+            else:
+                await asyncio.to_thread(
+                    self.store.retry_later, job.id, TRANSIENT_RETRY_S, "job_error", "retrying"
+                )
+                self._count(job, "retried")
+            return
+        await asyncio.to_thread(
+            self.store.finish, job.id, response_json=response.model_dump_json(),
+            objects=rows, destinations=list(self.senders),
+        )  # fmt: skip
+        self._count(job, "done")
+        log.info("job done", extra={"code": "done", "probability": round(response.probability, 4),
+                                    "resolution": response.model.resolution})  # fmt: skip
+        if self.senders:
+            self._deliveries_ready.set()
+
+    async def _retry(self, job: ClaimedJob, exc: Exception) -> None:
+        _, code, message = error_status_and_code(exc)
+        await asyncio.to_thread(self.store.retry_later, job.id, TRANSIENT_RETRY_S, code, message)
+        self._count(job, "retried")
+
+    def _count(self, job: ClaimedJob, state: str) -> None:
+        self.metrics.jobs.labels(job.source, state).inc()
+
+    # ------------------------------------------------------------------ deliverer
+    async def _deliver(self) -> None:
+        while True:
+            try:
+                due = await asyncio.to_thread(self.store.due_deliveries) if self.senders else []
+            except Exception:
+                log.exception("the outbox could not be read", extra={"code": "store_error"})
+                due = []
+            if not due:
+                await _wait(self._deliveries_ready, await self._idle_s())
+                continue
+            for destination, sender in self.senders.items():
+                batch = [d for d in due if d.destination == destination]
+                if batch:
+                    await self._send(sender, batch)
+            await self.refresh_gauges()
+
+    async def _idle_s(self) -> float:
+        if not self.senders:
+            return 3600.0
+        next_at = await asyncio.to_thread(self.store.next_delivery_at)
+        if next_at is None:
+            return IDLE_POLL_S
+        return max(0.05, min(IDLE_POLL_S, next_at - time.time()))
+
+    async def _send(self, sender: Sender, deliveries: Sequence[Delivery]) -> None:
+        try:
+            outcome = await asyncio.to_thread(
+                sender.send, [(d.result_uid, d.data) for d in deliveries]
+            )
+        except Exception as exc:  # a sender bug or an unreadable object: retry, say why
+            log.exception("delivery raised", extra={"code": "delivery_error"})
+            outcome = dict.fromkeys([d.result_uid for d in deliveries], type(exc).__name__)
+        for d in deliveries:
+            error = outcome.get(d.result_uid, "no outcome reported")
+            if error is None:
+                await asyncio.to_thread(self.store.delivered, d.id)
+                self.metrics.deliveries.labels(sender.destination, "delivered").inc()
+                continue
+            final = await asyncio.to_thread(
+                self.store.delivery_failed, d.id, error,
+                first_backoff_s=self.delivery_backoff_s, max_attempts=self.delivery_max_attempts,
+            )  # fmt: skip
+            self.metrics.deliveries.labels(sender.destination, "failed" if final else "retry").inc()
+            log.warning(
+                "delivery not confirmed",
+                extra={"code": "delivery_retry", "endpoint": sender.destination},
+            )
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
+    event.clear()

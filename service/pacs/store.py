@@ -1,0 +1,368 @@
+"""The durable job store and outbox (SQLAlchemy Core; SQLite in WAL mode by default).
+
+Three tables. ``jobs``: one row per received SOP Instance UID (UNIQUE), holding the received
+bytes until the job is finished, so a sender is acknowledged only once its instance is on
+disk. ``results``: the DICOM objects made for a job (SEG, SR, GSPS). ``outbox``: one row per
+(result object, destination), delivered with retries until the receiver confirms.
+
+Job states: ``queued`` -> ``processing`` -> ``done`` | ``refused`` (the image cannot be
+assessed: the gate or the decoder said why) | ``failed`` (an internal error, after
+``MAX_JOB_ATTEMPTS``). A process killed mid-way leaves ``processing`` rows; :meth:`recover`
+puts them back in the queue at start, and the results they make are the same objects (the
+UIDs are deterministic), so the store and the receivers see each instance once.
+
+Every method is synchronous and short; the service calls them through ``asyncio.to_thread``
+and the C-STORE SCP from its association threads. Times are ``time.time()`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+#: attempts at processing one job before it is marked failed (crashes included)
+MAX_JOB_ATTEMPTS = 3
+#: longest delay between two delivery attempts
+MAX_BACKOFF_S = 600.0
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("sop_instance_uid", sa.String(64), nullable=False, unique=True),
+    sa.Column("sop_class_uid", sa.String(64), nullable=False),
+    sa.Column("study_instance_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("series_instance_uid", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # stow | dimse
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("not_before", sa.Float, nullable=False, default=0.0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=True),  # dropped once the job is finished
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("response_json", sa.Text, nullable=True),
+)
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("sop_instance_uid", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("kind", sa.String(8), nullable=False),  # seg | sr | gsps
+    sa.Column("sop_class_uid", sa.String(64), nullable=False),
+    sa.Column("series_instance_uid", sa.String(64), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("result_uid", sa.String(64), sa.ForeignKey("results.sop_instance_uid"),
+              nullable=False),
+    sa.Column("destination", sa.String(16), nullable=False),  # stow | dimse
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # pending|delivered|failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False, default=0.0),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("result_uid", "destination"),
+)  # fmt: skip
+
+FINISHED = ("done", "refused", "failed")
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A received instance, as the receivers hand it to the store."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    source: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: str
+    source: str
+    attempts: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    sop_instance_uid: str
+    kind: str
+    sop_class_uid: str
+    series_instance_uid: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    result_uid: str
+    destination: str
+    attempts: int
+    data: bytes
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer; FULL: a committed job survives power loss too,
+    # since committing is what acknowledges the sender.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def backoff_s(attempts: int, first_s: float) -> float:
+    """Delay before the next try after ``attempts`` failed ones: ``first_s * 2**(n-1)``."""
+    return float(min(MAX_BACKOFF_S, first_s * 2 ** max(0, attempts - 1)))
+
+
+class JobStore:
+    """Jobs, results and the outbox in one database (``url``: any SQLAlchemy URL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(url, connect_args={"timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ receiving
+    def add(self, job: NewJob) -> tuple[str, bool]:
+        """Store a received instance durably: ``(job id, created)``; ``created`` is False
+        when the SOP Instance UID was already received (the earlier job stands)."""
+        now = time.time()
+        job_id = uuid.uuid4().hex
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(jobs).values(
+                    id=job_id, sop_instance_uid=job.sop_instance_uid,
+                    sop_class_uid=job.sop_class_uid, study_instance_uid=job.study_instance_uid,
+                    series_instance_uid=job.series_instance_uid, source=job.source,
+                    state="queued", attempts=0, not_before=0.0, created_at=now,
+                    updated_at=now, data=job.data,
+                ))  # fmt: skip
+            return job_id, True
+        except IntegrityError:
+            with self.engine.connect() as conn:
+                existing = conn.execute(
+                    sa.select(jobs.c.id).where(jobs.c.sop_instance_uid == job.sop_instance_uid)
+                ).scalar_one()
+            return str(existing), False
+
+    # ------------------------------------------------------------------ processing
+    def recover(self) -> int:
+        """Put jobs a killed process left ``processing`` back in the queue; how many."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(jobs).where(jobs.c.state == "processing")
+                .values(state="queued", updated_at=time.time())
+            )  # fmt: skip
+            return int(result.rowcount)
+
+    def claim(self) -> ClaimedJob | None:
+        """The oldest queued job that is due, marked ``processing`` (safe with several
+        claimers: the state is compared in the UPDATE)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            while True:
+                row = conn.execute(
+                    sa.select(jobs.c.id).where(jobs.c.state == "queued", jobs.c.not_before <= now)
+                    .order_by(jobs.c.created_at).limit(1)
+                ).first()  # fmt: skip
+                if row is None:
+                    return None
+                claimed = conn.execute(
+                    sa.update(jobs).where(jobs.c.id == row.id, jobs.c.state == "queued")
+                    .values(state="processing", attempts=jobs.c.attempts + 1, updated_at=now)
+                )  # fmt: skip
+                if claimed.rowcount == 1:
+                    full = conn.execute(
+                        sa.select(jobs.c.id, jobs.c.source, jobs.c.attempts, jobs.c.data)
+                        .where(jobs.c.id == row.id)
+                    ).one()  # fmt: skip
+                    return ClaimedJob(full.id, full.source, full.attempts, full.data or b"")
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        response_json: str | None,
+        objects: Sequence[ResultRow],
+        destinations: Iterable[str],
+    ) -> None:
+        """One transaction: the results, their outbox rows and the job ``done``. The
+        results' UIDs are deterministic, so a rerun after a crash finds them there."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            for obj in objects:
+                if self._exists(conn, results, results.c.sop_instance_uid, obj.sop_instance_uid):
+                    continue
+                conn.execute(sa.insert(results).values(job_id=job_id, **obj.__dict__))
+            for obj in objects:
+                for destination in destinations:
+                    present = conn.execute(sa.select(outbox.c.id).where(
+                        outbox.c.result_uid == obj.sop_instance_uid,
+                        outbox.c.destination == destination,
+                    )).first()  # fmt: skip
+                    if present is None:
+                        conn.execute(sa.insert(outbox).values(
+                            result_uid=obj.sop_instance_uid, destination=destination,
+                            state="pending", attempts=0, next_attempt_at=0.0,
+                        ))  # fmt: skip
+            self._close_job(
+                conn, job_id, "done", now,
+                response_json=response_json, error_code=None, error_message=None,
+            )  # fmt: skip
+
+    def refuse(self, job_id: str, code: str, message: str, *, failed: bool = False) -> None:
+        """The job ends without results: ``refused`` (the image) or ``failed`` (us)."""
+        with self.engine.begin() as conn:
+            self._close_job(
+                conn, job_id, "failed" if failed else "refused", time.time(),
+                error_code=code, error_message=message,
+            )  # fmt: skip
+
+    def retry_later(self, job_id: str, delay_s: float, code: str, message: str) -> None:
+        """Back to the queue (a transient refusal such as overload), due in ``delay_s``."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
+                state="queued", not_before=now + delay_s, updated_at=now,
+                error_code=code, error_message=message,
+            ))  # fmt: skip
+
+    @staticmethod
+    def _exists(conn: Connection, table: sa.Table, column: Any, value: str) -> bool:
+        return conn.execute(sa.select(column).where(column == value)).first() is not None
+
+    @staticmethod
+    def _close_job(conn: Connection, job_id: str, state: str, now: float, **values: Any) -> None:
+        conn.execute(
+            sa.update(jobs).where(jobs.c.id == job_id)
+            .values(state=state, updated_at=now, data=None, **values)
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ delivery
+    def due_deliveries(self, limit: int = 32) -> list[Delivery]:
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(outbox.c.id, outbox.c.result_uid, outbox.c.destination,
+                          outbox.c.attempts, results.c.data)
+                .join(results, results.c.sop_instance_uid == outbox.c.result_uid)
+                .where(outbox.c.state == "pending", outbox.c.next_attempt_at <= now)
+                .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
+            ).all()  # fmt: skip
+        return [Delivery(r.id, r.result_uid, r.destination, r.attempts, r.data) for r in rows]
+
+    def next_delivery_at(self) -> float | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.min(outbox.c.next_attempt_at)).where(outbox.c.state == "pending")
+            ).scalar()
+        return None if value is None else float(value)
+
+    def delivered(self, delivery_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(outbox).where(outbox.c.id == delivery_id).values(
+                state="delivered", attempts=outbox.c.attempts + 1, delivered_at=time.time(),
+                last_error=None,
+            ))  # fmt: skip
+
+    def delivery_failed(
+        self, delivery_id: int, error: str, *, first_backoff_s: float, max_attempts: int
+    ) -> bool:
+        """Count a failed attempt; True when it was the last (the row is ``failed``)."""
+        with self.engine.begin() as conn:
+            attempts = (
+                conn.execute(
+                    sa.select(outbox.c.attempts).where(outbox.c.id == delivery_id)
+                ).scalar_one()
+                + 1
+            )
+            final = bool(int(attempts) >= max_attempts)
+            conn.execute(sa.update(outbox).where(outbox.c.id == delivery_id).values(
+                attempts=attempts, last_error=error[:500],
+                state="failed" if final else "pending",
+                next_attempt_at=time.time() + backoff_s(attempts, first_backoff_s),
+            ))  # fmt: skip
+        return final
+
+    # ------------------------------------------------------------------ reading
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(*[c for c in jobs.c if c.name != "data"]).where(jobs.c.id == job_id)
+            ).first()
+        return None if row is None else self._with_objects(dict(row._mapping))
+
+    def jobs_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(*[c for c in jobs.c if c.name != "data"])
+                .where(jobs.c.study_instance_uid == study_uid).order_by(jobs.c.created_at)
+            ).all()  # fmt: skip
+        return [self._with_objects(dict(r._mapping)) for r in rows]
+
+    def _with_objects(self, job: dict[str, Any]) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            objects = conn.execute(
+                sa.select(results.c.sop_instance_uid, results.c.kind, results.c.sop_class_uid,
+                          results.c.series_instance_uid)
+                .where(results.c.job_id == job["id"]).order_by(results.c.kind)
+            ).all()  # fmt: skip
+            deliveries = conn.execute(
+                sa.select(outbox.c.result_uid, outbox.c.destination, outbox.c.state,
+                          outbox.c.attempts, outbox.c.last_error)
+                .join(results, results.c.sop_instance_uid == outbox.c.result_uid)
+                .where(results.c.job_id == job["id"]).order_by(outbox.c.id)
+            ).all()  # fmt: skip
+        job["objects"] = [dict(o._mapping) for o in objects]
+        job["deliveries"] = [dict(d._mapping) for d in deliveries]
+        return job
+
+    def result_object(self, sop_instance_uid: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(results.c.data).where(results.c.sop_instance_uid == sop_instance_uid)
+            ).scalar()
+        return None if value is None else bytes(value)
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """``({job state: count}, pending deliveries)`` for the gauges."""
+        with self.engine.connect() as conn:
+            by_state = conn.execute(
+                sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+            ).all()
+            pending = conn.execute(
+                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "pending")
+            ).scalar_one()
+        return {str(s): int(n) for s, n in by_state}, int(pending)

@@ -1,0 +1,114 @@
+"""What became of instances received by STOW-RS or C-STORE (mounted under ``/v1``).
+
+``GET /v1/jobs/{job_id}``, ``GET /v1/studies/{StudyInstanceUID}/results`` (JSON: per
+instance the job, its predict response and the DICOM objects made) and
+``GET /v1/results/{SOPInstanceUID}`` (one made object, ``application/dicom``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+
+from service.deps import RunnerDep
+from service.errors import NotFoundError
+from service.routes.predict import ERRORS
+from service.schemas import (
+    DeliveryOut,
+    JobErrorOut,
+    JobResponse,
+    PredictResponse,
+    ResultObjectOut,
+    StudyResultsResponse,
+)
+
+router = APIRouter(tags=["jobs"])
+
+UID = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
+JobId = Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{32}$")]
+
+
+def _when(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def job_response(row: dict[str, Any]) -> JobResponse:
+    """The API's view of a store row (:meth:`service.pacs.store.JobStore.job`)."""
+    error = None
+    if row["state"] in ("refused", "failed") and row["error_code"]:
+        error = JobErrorOut(code=row["error_code"], message=row["error_message"] or "")
+    result = None
+    if row["response_json"]:
+        result = PredictResponse.model_validate_json(row["response_json"])
+    return JobResponse(
+        job_id=row["id"],
+        state=row["state"],
+        source=row["source"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        attempts=row["attempts"],
+        created_at=_when(row["created_at"]),
+        updated_at=_when(row["updated_at"]),
+        error=error,
+        result=result,
+        objects=[
+            ResultObjectOut(**o, url=f"/v1/results/{o['sop_instance_uid']}") for o in row["objects"]
+        ],
+        deliveries=[
+            DeliveryOut(
+                result_sop_instance_uid=d["result_uid"],
+                destination=d["destination"],
+                state=d["state"],
+                attempts=d["attempts"],
+                last_error=d["last_error"],
+            )
+            for d in row["deliveries"]
+        ],
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobResponse,
+    responses=ERRORS,
+    summary="One received instance: its state, answer and DICOM results",
+)
+async def get_job(job_id: JobId, runner: RunnerDep) -> JobResponse:
+    row = await asyncio.to_thread(runner.store.job, job_id)
+    if row is None:
+        raise NotFoundError("no job with this id")
+    return job_response(row)
+
+
+@router.get(
+    "/studies/{study_uid}/results",
+    response_model=StudyResultsResponse,
+    responses=ERRORS,
+    summary="Every received instance of a study and its results",
+)
+async def study_results(study_uid: UID, runner: RunnerDep) -> StudyResultsResponse:
+    rows = await asyncio.to_thread(runner.store.jobs_of_study, study_uid)
+    if not rows:
+        raise NotFoundError("no instance of this study was received")
+    return StudyResultsResponse(
+        study_instance_uid=study_uid, instances=[job_response(r) for r in rows]
+    )
+
+
+@router.get(
+    "/results/{sop_instance_uid}",
+    responses={**ERRORS, 200: {"content": {"application/dicom": {}},
+                               "description": "the SEG, SR or GSPS as a Part 10 file"}},
+    response_class=Response,
+    summary="One DICOM result object (SEG, SR or GSPS)",
+)  # fmt: skip
+async def result_object(sop_instance_uid: UID, runner: RunnerDep) -> Response:
+    data = await asyncio.to_thread(runner.store.result_object, sop_instance_uid)
+    if data is None:
+        raise NotFoundError("no result object with this SOP Instance UID")
+    return Response(data, media_type="application/dicom")
