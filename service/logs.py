@@ -24,7 +24,7 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 SAFE_FIELDS = (
     "endpoint", "method", "path", "status", "duration_ms", "resolution", "resolutions",
     "bytes", "code", "model", "backend", "load_s", "batch_size", "host", "port", "models",
-    "settings", "probability", "positive", "timings_ms", "client",
+    "settings", "probability", "positive", "timings_ms", "client", "jobs", "deliveries",
 )  # fmt: skip
 
 

@@ -214,7 +214,7 @@ class ResultObjectOut(BaseModel):
 class DeliveryOut(BaseModel):
     result_sop_instance_uid: str
     destination: Literal["stow", "dimse"]
-    state: Literal["pending", "delivered", "failed"]
+    state: Literal["pending", "sending", "delivered", "failed"]
     attempts: int
     last_error: str | None = Field(None, description="why the last attempt was not confirmed")
 

@@ -1,17 +1,21 @@
 """Sending result objects to a PACS: STOW-RS (dicomweb-client) and C-STORE (pynetdicom).
 
-A sender takes ``[(sop_instance_uid, part10_bytes), ...]`` and answers, per UID, ``None``
-when the receiver confirmed it or a short reason (no patient data) when it did not. Only
-a confirmation counts: an HTTP 200 for the whole request or the UID in the response's
-ReferencedSOPSequence (STOW-RS), a Success or Warning status (C-STORE). Senders are
-synchronous; the deliverer runs them in a thread.
+A sender takes ``[(sop_instance_uid, part10_bytes), ...]`` and reports each UID's outcome
+through ``report(uid, error)`` as soon as it is known: ``None`` when the receiver confirmed
+it, else a short reason (no patient data). Reporting at once (not after the batch) keeps
+the window in which a confirmed object is not yet marked delivered, and would be sent
+again after a crash, as short as one database commit. Only a confirmation counts: an HTTP
+200 for the whole request or the UID in the response's ReferencedSOPSequence (STOW-RS), a
+Success or Warning status (C-STORE). Senders are synchronous; the deliverer runs them in
+a thread.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +24,9 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from service.settings import parse_ae_address
 
@@ -28,14 +35,29 @@ for _name in ("dicomweb_client", "pynetdicom"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 Outcome = dict[str, str | None]
+#: ``report(uid, None)``: confirmed; ``report(uid, reason)``: not delivered this time
+Report = Callable[[str, str | None], None]
 #: C-STORE statuses that mean stored (PS3.4 B.2.3: Success, and the Warning ones)
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+
+
+@dataclass(frozen=True)
+class Held:
+    """An object whose earlier send was cut off: is it at the receiver already?"""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
 
 
 class Sender(Protocol):
     destination: str
 
-    def send(self, objects: Sequence[tuple[str, bytes]]) -> Outcome: ...
+    def send(self, objects: Sequence[tuple[str, bytes]], report: Report) -> None: ...
+
+    def held(self, objects: Sequence[Held]) -> set[str] | None:
+        """The UIDs among ``objects`` the receiver holds; None when it cannot tell."""
+        ...
 
 
 def _uids(dataset: pydicom.Dataset, sequence: str) -> set[str]:
@@ -61,7 +83,27 @@ class StowSender:
             self.session.auth = (parts.username, parts.password or "")
         self.timeout_s = timeout_s
 
-    def send(self, objects: Sequence[tuple[str, bytes]]) -> Outcome:
+    def send(self, objects: Sequence[tuple[str, bytes]], report: Report) -> None:
+        for uid, error in self._store(objects).items():
+            report(uid, error)
+
+    def held(self, objects: Sequence[Held]) -> set[str] | None:
+        """QIDO-RS per instance (PS3.18 10.6): found means stored."""
+        client = DICOMwebClient(url=self.base_url, session=self.session)
+        found: set[str] = set()
+        try:
+            for obj in objects:
+                matches = client.search_for_instances(
+                    study_instance_uid=obj.study_instance_uid,
+                    search_filters={"SOPInstanceUID": obj.sop_instance_uid},
+                )
+                if matches:
+                    found.add(obj.sop_instance_uid)
+        except requests.RequestException:
+            return None
+        return found
+
+    def _store(self, objects: Sequence[tuple[str, bytes]]) -> Outcome:
         client = DICOMwebClient(url=self.base_url, session=self.session)
         datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in objects]
         uids = [uid for uid, _ in objects]
@@ -94,7 +136,41 @@ class CStoreSender:
         self.calling_aet = calling_aet
         self.timeout_s = timeout_s
 
-    def send(self, objects: Sequence[tuple[str, bytes]]) -> Outcome:
+    def held(self, objects: Sequence[Held]) -> set[str] | None:
+        """C-FIND (Study Root, IMAGE level) per instance; None when the receiver offers no
+        query service (then the object is sent again: at least once)."""
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
+        if not assoc.is_established:
+            return None
+        found: set[str] = set()
+        try:
+            if not assoc.accepted_contexts:
+                return None
+            for obj in objects:
+                query = pydicom.Dataset()
+                query.QueryRetrieveLevel = "IMAGE"
+                query.StudyInstanceUID = obj.study_instance_uid
+                query.SeriesInstanceUID = obj.series_instance_uid
+                query.SOPInstanceUID = obj.sop_instance_uid
+                for status, identifier in assoc.send_c_find(
+                    query, StudyRootQueryRetrieveInformationModelFind
+                ):
+                    if not status or "Status" not in status:
+                        return None  # no answer: cannot tell
+                    code = int(status.Status)
+                    if code in (0xFF00, 0xFF01) and identifier is not None:
+                        found.add(obj.sop_instance_uid)
+                    elif code not in (0x0000, 0xFF00, 0xFF01):
+                        return None
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return found
+
+    def send(self, objects: Sequence[tuple[str, bytes]], report: Report) -> None:
         datasets = [(uid, pydicom.dcmread(io.BytesIO(data))) for uid, data in objects]
         ae = AE(ae_title=self.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
@@ -103,20 +179,20 @@ class CStoreSender:
         assoc = ae.associate(self.host, self.port, ae_title=self.called_aet)
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "not established"
-            return dict.fromkeys([uid for uid, _ in datasets], f"association {why}")
-        outcome: Outcome = {}
+            for uid, _ in datasets:
+                report(uid, f"association {why}")
+            return
         try:
             for uid, ds in datasets:
                 try:
                     status = assoc.send_c_store(ds)
                 except (ValueError, RuntimeError) as exc:
-                    outcome[uid] = f"C-STORE not sent ({type(exc).__name__})"
+                    report(uid, f"C-STORE not sent ({type(exc).__name__})")
                     continue
                 code = int(status.Status) if "Status" in status else None
-                outcome[uid] = None if code in STORED_STATUSES else (
+                report(uid, None if code in STORED_STATUSES else (
                     "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
-                )  # fmt: skip
+                ))  # fmt: skip
         finally:
             if assoc.is_established:
                 assoc.release()
-        return outcome

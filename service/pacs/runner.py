@@ -38,7 +38,7 @@ from service.errors import (
 )
 from service.logs import request_id_var
 from service.metrics import Metrics
-from service.pacs.delivery import Sender
+from service.pacs.delivery import Held, Sender
 from service.pacs.results import ResultBuildError, build_results
 from service.pacs.store import (
     MAX_JOB_ATTEMPTS,
@@ -115,10 +115,10 @@ class JobRunner:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        recovered = await asyncio.to_thread(self.store.recover)
-        if recovered:
-            log.warning("jobs left processing by a previous process are queued again",
-                        extra={"code": "jobs_recovered", "bytes": recovered})  # fmt: skip
+        jobs, sends = await asyncio.to_thread(self.store.recover)
+        if jobs or sends:
+            log.warning("work a previous process left unfinished is queued again",
+                        extra={"code": "recovered", "jobs": jobs, "deliveries": sends})  # fmt: skip
         await self.refresh_gauges()
         self._tasks = [asyncio.create_task(self._work(), name=f"sharpcxr-job-{i}")
                        for i in range(self.workers)]  # fmt: skip
@@ -268,28 +268,41 @@ class JobRunner:
         return max(0.05, min(IDLE_POLL_S, next_at - time.time()))
 
     async def _send(self, sender: Sender, deliveries: Sequence[Delivery]) -> None:
-        try:
-            outcome = await asyncio.to_thread(
-                sender.send, [(d.result_uid, d.data) for d in deliveries]
-            )
-        except Exception as exc:  # a sender bug or an unreadable object: retry, say why
-            log.exception("delivery raised", extra={"code": "delivery_error"})
-            outcome = dict.fromkeys([d.result_uid for d in deliveries], type(exc).__name__)
-        for d in deliveries:
-            error = outcome.get(d.result_uid, "no outcome reported")
+        by_uid = {d.result_uid: d for d in deliveries}
+        reported: set[str] = set()
+
+        def report(uid: str, error: str | None) -> None:  # in the sender's thread
+            delivery = by_uid.get(uid)
+            if delivery is None or uid in reported:
+                return
+            reported.add(uid)
             if error is None:
-                await asyncio.to_thread(self.store.delivered, d.id)
+                self.store.delivered(delivery.id)
                 self.metrics.deliveries.labels(sender.destination, "delivered").inc()
-                continue
-            final = await asyncio.to_thread(
-                self.store.delivery_failed, d.id, error,
+                return
+            final = self.store.delivery_failed(
+                delivery.id, error,
                 first_backoff_s=self.delivery_backoff_s, max_attempts=self.delivery_max_attempts,
             )  # fmt: skip
             self.metrics.deliveries.labels(sender.destination, "failed" if final else "retry").inc()
-            log.warning(
-                "delivery not confirmed",
-                extra={"code": "delivery_retry", "endpoint": sender.destination},
-            )
+            extra = {"code": "delivery_retry", "endpoint": sender.destination}
+            log.warning("delivery not confirmed", extra=extra)
+
+        doubtful = [Held(d.result_uid, d.series_instance_uid, d.study_instance_uid)
+                    for d in deliveries if d.in_doubt]  # fmt: skip
+        if doubtful:
+            held = await asyncio.to_thread(sender.held, doubtful)
+            for uid in held or ():
+                await asyncio.to_thread(report, uid, None)  # stored before the crash
+        objects = [(d.result_uid, d.data) for d in deliveries if d.result_uid not in reported]
+        try:
+            await asyncio.to_thread(sender.send, objects, report)
+        except Exception as exc:  # a sender bug or an unreadable object: retry, say why
+            log.exception("delivery raised", extra={"code": "delivery_error"})
+            for uid in by_uid:
+                await asyncio.to_thread(report, uid, type(exc).__name__)
+        for uid in by_uid.keys() - reported:
+            await asyncio.to_thread(report, uid, "no outcome reported")
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

@@ -73,7 +73,10 @@ outbox = sa.Table(
     sa.Column("result_uid", sa.String(64), sa.ForeignKey("results.sop_instance_uid"),
               nullable=False),
     sa.Column("destination", sa.String(16), nullable=False),  # stow | dimse
-    sa.Column("state", sa.String(16), nullable=False, index=True),  # pending|delivered|failed
+    # pending | sending (committed before the send) | delivered | failed
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    # a send was under way when the process died: the receiver may hold it already
+    sa.Column("in_doubt", sa.Boolean, nullable=False, default=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", sa.Float, nullable=False, default=0.0),
     sa.Column("last_error", sa.Text, nullable=True),
@@ -115,11 +118,16 @@ class ResultRow:
 
 @dataclass(frozen=True)
 class Delivery:
+    """One object for one destination; ``in_doubt``: ask the receiver before resending."""
+
     id: int
     result_uid: str
     destination: str
     attempts: int
     data: bytes
+    study_instance_uid: str
+    series_instance_uid: str
+    in_doubt: bool
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -178,14 +186,20 @@ class JobStore:
             return str(existing), False
 
     # ------------------------------------------------------------------ processing
-    def recover(self) -> int:
-        """Put jobs a killed process left ``processing`` back in the queue; how many."""
+    def recover(self) -> tuple[int, int]:
+        """After a crash: jobs left ``processing`` back in the queue, and deliveries left
+        ``sending`` pending again but in doubt (the receiver may have stored them before
+        the process died). ``(jobs, deliveries)`` recovered."""
         with self.engine.begin() as conn:
-            result = conn.execute(
+            recovered_jobs = conn.execute(
                 sa.update(jobs).where(jobs.c.state == "processing")
                 .values(state="queued", updated_at=time.time())
-            )  # fmt: skip
-            return int(result.rowcount)
+            ).rowcount  # fmt: skip
+            recovered_sends = conn.execute(
+                sa.update(outbox).where(outbox.c.state == "sending")
+                .values(state="pending", in_doubt=True)
+            ).rowcount  # fmt: skip
+        return int(recovered_jobs), int(recovered_sends)
 
     def claim(self) -> ClaimedJob | None:
         """The oldest queued job that is due, marked ``processing`` (safe with several
@@ -235,7 +249,7 @@ class JobStore:
                     if present is None:
                         conn.execute(sa.insert(outbox).values(
                             result_uid=obj.sop_instance_uid, destination=destination,
-                            state="pending", attempts=0, next_attempt_at=0.0,
+                            state="pending", attempts=0, next_attempt_at=0.0, in_doubt=False,
                         ))  # fmt: skip
             self._close_job(
                 conn, job_id, "done", now,
@@ -271,17 +285,30 @@ class JobStore:
         )  # fmt: skip
 
     # ------------------------------------------------------------------ delivery
-    def due_deliveries(self, limit: int = 32) -> list[Delivery]:
+    def due_deliveries(self, limit: int = 16) -> list[Delivery]:
+        """Pending deliveries that are due, marked ``sending`` (committed before any byte
+        goes out, so a crash during the send leaves them in doubt, not forgotten)."""
         now = time.time()
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(outbox.c.id, outbox.c.result_uid, outbox.c.destination,
-                          outbox.c.attempts, results.c.data)
+                          outbox.c.attempts, outbox.c.in_doubt, results.c.data,
+                          results.c.series_instance_uid, jobs.c.study_instance_uid)
                 .join(results, results.c.sop_instance_uid == outbox.c.result_uid)
+                .join(jobs, jobs.c.id == results.c.job_id)
                 .where(outbox.c.state == "pending", outbox.c.next_attempt_at <= now)
                 .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
             ).all()  # fmt: skip
-        return [Delivery(r.id, r.result_uid, r.destination, r.attempts, r.data) for r in rows]
+            if rows:
+                conn.execute(
+                    sa.update(outbox).where(outbox.c.id.in_([r.id for r in rows]))
+                    .values(state="sending")
+                )  # fmt: skip
+        return [
+            Delivery(r.id, r.result_uid, r.destination, r.attempts, r.data,
+                     r.study_instance_uid, r.series_instance_uid, bool(r.in_doubt))
+            for r in rows
+        ]  # fmt: skip
 
     def next_delivery_at(self) -> float | None:
         with self.engine.connect() as conn:
@@ -294,7 +321,7 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(sa.update(outbox).where(outbox.c.id == delivery_id).values(
                 state="delivered", attempts=outbox.c.attempts + 1, delivered_at=time.time(),
-                last_error=None,
+                last_error=None, in_doubt=False,
             ))  # fmt: skip
 
     def delivery_failed(
@@ -310,7 +337,7 @@ class JobStore:
             )
             final = bool(int(attempts) >= max_attempts)
             conn.execute(sa.update(outbox).where(outbox.c.id == delivery_id).values(
-                attempts=attempts, last_error=error[:500],
+                attempts=attempts, last_error=error[:500], in_doubt=False,
                 state="failed" if final else "pending",
                 next_attempt_at=time.time() + backoff_s(attempts, first_backoff_s),
             ))  # fmt: skip
@@ -363,6 +390,8 @@ class JobStore:
                 sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
             ).all()
             pending = conn.execute(
-                sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "pending")
+                sa.select(sa.func.count())
+                .select_from(outbox)
+                .where(outbox.c.state.in_(("pending", "sending")))
             ).scalar_one()
         return {str(s): int(n) for s, n in by_state}, int(pending)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,82 +10,19 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
-from pynetdicom import AE, evt
+from pydicom.uid import JPEG2000Lossless
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    ComprehensiveSRStorage,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
-    GrayscaleSoftcopyPresentationStateStorage,
     SegmentationStorage,
     Verification,
 )
 
 from tests.conftest import pydicom_file
 from tests.service.conftest import make_client, phantom, phantom_dicom
+from tests.service.pacs.peers import ResultReceiver, c_store, free_port
 from tests.service.pacs.test_pacs_api import header, wait_finished
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ResultReceiver:
-    """A storage SCP that records every SOP Instance UID it is sent (a PACS stand-in)."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.received: list[str] = []
-        self.lock = threading.Lock()
-        self.ae = AE(ae_title="RECEIVER")
-        for sop in (
-            SegmentationStorage,
-            ComprehensiveSRStorage,
-            GrayscaleSoftcopyPresentationStateStorage,
-        ):
-            self.ae.add_supported_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        self.server: Any = None
-
-    def _on_store(self, event: Any) -> int:
-        with self.lock:
-            self.received.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
-
-    def start(self) -> ResultReceiver:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-        )
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-
-    def wait_for(self, count: int, timeout_s: float = 60) -> list[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.received) >= count:
-                    return list(self.received)
-            time.sleep(0.1)
-        raise AssertionError(f"received {len(self.received)} of {count} in {timeout_s} s")
-
-
-def c_store(port: int, data: bytes, *, calling: str = "MODALITY") -> tuple[bool, int | None]:
-    """Send one instance from a pynetdicom SCU: ``(association accepted, C-STORE status)``."""
-    ds = pydicom.dcmread(io.BytesIO(data))
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SHARPCXR")
-    if not assoc.is_established:
-        return False, None
-    try:
-        status = assoc.send_c_store(ds)
-        return True, int(status.Status) if "Status" in status else None
-    finally:
-        assoc.release()
 
 
 @pytest.fixture(scope="module")
