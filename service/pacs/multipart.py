@@ -43,8 +43,10 @@ _LWSP = b" \t"
 # one ``; name=value`` parameter: a token name, a quoted-string or a bare value
 _PARAM = re.compile(r';\s*([^\s;=]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _QUOTED_PAIR = re.compile(r"\\(.)")
-# RFC 2046 bchars, 1..70 of them, not ending in a space
-_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+# RFC 2046 bchars, not ending in a space. RFC 2046 allows at most 70 of them, but Orthanc
+# 1.10's DICOMweb client sends 73 (two UUIDs joined by "-"), so be liberal up to 200.
+MAX_BOUNDARY = 200
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 class BadMultipartError(BadRequestError):
@@ -130,8 +132,8 @@ def parse_related_content_type(content_type: str | None) -> RelatedType:
     if not _BOUNDARY.fullmatch(boundary):
         raise BadMultipartError(
             f"the multipart boundary ({len(boundary)} characters) is not valid: RFC 2046 "
-            "allows 1 to 70 letters, digits, spaces (not last) and '()+_,-./:=?; "
-            "choose another boundary"
+            "allows 1 to 70 letters, digits, spaces (not last) and '()+_,-./:=? (this "
+            f"service takes up to {MAX_BOUNDARY}); choose another boundary"
         )
     return RelatedType(boundary=boundary, type=root, start=params.get("start"), params=params)
 

@@ -34,6 +34,7 @@ empty (as the source's IOD means them), never invented. Pixel data is never read
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ _TYPE2 = (
     "ReferringPhysicianName",
 )
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float/Double Float Pixel Data
+
+# highdicom logs the UIDs of what it copies at INFO and DEBUG; the service logs job ids
+# only, whatever the log level.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 class ResultBuildError(Exception):

@@ -37,7 +37,7 @@ import pydicom.uid as uids
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from imaging.dicom import _check_decodable  # the decoder check of the imaging path
+from imaging.dicom import check_decodable  # the decoder check of the imaging path
 from imaging.errors import UnsupportedTransferSyntaxError
 from service.pacs.multipart import DICOM_MEDIA_TYPE, Part
 
@@ -230,7 +230,7 @@ def inspect_instance(data: bytes, *, expected_study_uid: str | None) -> Instance
             "length (truncated)",
         )
     try:
-        _check_decodable(tsyntax)
+        check_decodable(tsyntax)
     except UnsupportedTransferSyntaxError as exc:
         raise refused(TRANSFER_SYNTAX_NOT_SUPPORTED, exc.message) from None
     if expected_study_uid is not None and uid["StudyInstanceUID"] != expected_study_uid.strip():
