@@ -293,7 +293,7 @@ def check_dataset(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Heade
     if representation not in (0, 1):
         raise CorruptDicomError("PixelRepresentation must be 0 or 1")
     tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
-    _check_decodable(tsyntax)
+    check_decodable(tsyntax)
     if not tsyntax.is_compressed:
         expected = rows * columns * bits_allocated // 8
         actual = len(ds.PixelData)
@@ -305,7 +305,7 @@ def check_dataset(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Heade
     return header_facts(ds, tsyntax)
 
 
-def _check_decodable(tsyntax: UID) -> None:
+def check_decodable(tsyntax: UID) -> None:
     name = tsyntax.name if tsyntax.is_transfer_syntax else "an unknown transfer syntax"
     try:
         decoder = get_decoder(tsyntax)
