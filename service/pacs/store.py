@@ -1,9 +1,10 @@
 """The durable job store and outbox (SQLAlchemy Core; SQLite in WAL mode by default).
 
-Three tables. ``jobs``: one row per received SOP Instance UID (UNIQUE), holding the received
-bytes until the job is finished, so a sender is acknowledged only once its instance is on
-disk. ``results``: the DICOM objects made for a job (SEG, SR, GSPS). ``outbox``: one row per
-(result object, destination), delivered with retries until the receiver confirms.
+Four tables. ``jobs``: one row per received SOP Instance UID (UNIQUE); ``job_data``: its
+received bytes until the job is finished, written in the same transaction, so a sender is
+acknowledged only once its instance is on disk. ``results``: the DICOM objects made for a
+job (SEG, SR, GSPS). ``outbox``: one row per (result object, destination), delivered with
+retries until the receiver confirms.
 
 Job states: ``queued`` -> ``processing`` -> ``done`` | ``refused`` (the image cannot be
 assessed: the gate or the decoder said why) | ``failed`` (an internal error, after
@@ -49,10 +50,18 @@ jobs = sa.Table(
     sa.Column("not_before", sa.Float, nullable=False, default=0.0),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("data", sa.LargeBinary, nullable=True),  # dropped once the job is finished
     sa.Column("error_code", sa.String(64), nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("response_json", sa.Text, nullable=True),
+)
+
+# The received bytes apart from the job's row: SQLite rewrites a whole row on every UPDATE,
+# so a state change of a row holding an 8 MiB instance would write 8 MiB each time.
+job_data = sa.Table(
+    "job_data",
+    metadata,
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),  # deleted once the job is finished
 )
 
 results = sa.Table(
@@ -175,8 +184,9 @@ class JobStore:
                     sop_class_uid=job.sop_class_uid, study_instance_uid=job.study_instance_uid,
                     series_instance_uid=job.series_instance_uid, source=job.source,
                     state="queued", attempts=0, not_before=0.0, created_at=now,
-                    updated_at=now, data=job.data,
+                    updated_at=now,
                 ))  # fmt: skip
+                conn.execute(sa.insert(job_data).values(job_id=job_id, data=job.data))
             return job_id, True
         except IntegrityError:
             with self.engine.connect() as conn:
@@ -219,7 +229,8 @@ class JobStore:
                 )  # fmt: skip
                 if claimed.rowcount == 1:
                     full = conn.execute(
-                        sa.select(jobs.c.id, jobs.c.source, jobs.c.attempts, jobs.c.data)
+                        sa.select(jobs.c.id, jobs.c.source, jobs.c.attempts, job_data.c.data)
+                        .join(job_data, job_data.c.job_id == jobs.c.id, isouter=True)
                         .where(jobs.c.id == row.id)
                     ).one()  # fmt: skip
                     return ClaimedJob(full.id, full.source, full.attempts, full.data or b"")
@@ -281,8 +292,9 @@ class JobStore:
     def _close_job(conn: Connection, job_id: str, state: str, now: float, **values: Any) -> None:
         conn.execute(
             sa.update(jobs).where(jobs.c.id == job_id)
-            .values(state=state, updated_at=now, data=None, **values)
+            .values(state=state, updated_at=now, **values)
         )  # fmt: skip
+        conn.execute(sa.delete(job_data).where(job_data.c.job_id == job_id))
 
     # ------------------------------------------------------------------ delivery
     def due_deliveries(self, limit: int = 16) -> list[Delivery]:
@@ -346,15 +358,13 @@ class JobStore:
     # ------------------------------------------------------------------ reading
     def job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(*[c for c in jobs.c if c.name != "data"]).where(jobs.c.id == job_id)
-            ).first()
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         return None if row is None else self._with_objects(dict(row._mapping))
 
     def jobs_of_study(self, study_uid: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(*[c for c in jobs.c if c.name != "data"])
+                sa.select(jobs)
                 .where(jobs.c.study_instance_uid == study_uid).order_by(jobs.c.created_at)
             ).all()  # fmt: skip
         return [self._with_objects(dict(r._mapping)) for r in rows]
