@@ -496,6 +496,18 @@ def e2e_latency(
     }
 
 
+def run_threads(worker: Callable[[], object], n: int) -> float:
+    """Run ``worker`` in ``n`` threads (at least 1); seconds from the first start to the
+    last end."""
+    threads = [threading.Thread(target=worker) for _ in range(max(1, n))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def run_load(
     url: str, data: bytes, params: dict[str, Any], requests: int, concurrency: int
 ) -> dict[str, Any]:
@@ -523,13 +535,7 @@ def run_load(
                 with lock:
                     latencies.append((time.perf_counter() - start) * 1e3)
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = run_threads(worker, concurrency)
     ok = len(latencies)
     return {
         "requests": requests,
@@ -839,14 +845,33 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def write_report(
+    out: Path, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str]
+) -> None:
+    """``report`` as JSON to ``out`` and as Markdown beside it (``.md``); the Markdown is
+    printed too."""
+    text = markdown(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+
+
+def run_cli(
+    argv: Sequence[str] | None,
+    parse_args: Callable[[Sequence[str]], argparse.Namespace],
+    run: Callable[[argparse.Namespace, Sequence[str]], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """A benchmark's ``main``: ``argv`` (default: the command line) parsed, the run, its
+    report written to ``--out`` (:func:`write_report`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    report = run(args, argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report) + "\n")
-    print(markdown(report))
+    write_report(args.out, run(args, argv), markdown)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_cli(argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

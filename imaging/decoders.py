@@ -64,6 +64,7 @@ DECODABLE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     *PLUGIN_PREFERENCE,
 )
 
+
 def plugin_order(tsyntax: str) -> list[str]:
     """Installed plugins for ``tsyntax`` in preference order ("" = pydicom's native)."""
     decoder = get_decoder(uids.UID(tsyntax))
