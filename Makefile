@@ -29,6 +29,7 @@ bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prin
 	$(RUN) python -m benchmarks.bench_decode --out benchmarks/results/decode.json
 	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json --budget-s 6
 	$(RUN) python -m benchmarks.bench_service --out benchmarks/results/service.json
+	$(RUN) python -m benchmarks.bench_pacs --out benchmarks/results/pacs.json
 
 lint: install  ## ruff + mypy (strict on imaging/ and service/)
 	$(RUN) ruff check .
