@@ -176,9 +176,15 @@ class JobRunner:
             request_id_var.set(f"job-{job.id}")
             try:
                 await self._process(job)
-            except Exception:  # the store itself failed: the job stays processing
+            except Exception:  # the store itself failed: give the job back if it can
                 log.exception("job bookkeeping failed", extra={"code": "store_error"})
-            await self.refresh_gauges()
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(
+                        self.store.retry_later, job.id, TRANSIENT_RETRY_S, "store_error",
+                        "the job store failed; retrying",
+                    )  # fmt: skip
+            with contextlib.suppress(Exception):
+                await self.refresh_gauges()
 
     async def _process(self, job: ClaimedJob) -> None:
         if job.attempts > MAX_JOB_ATTEMPTS:
@@ -255,9 +261,14 @@ class JobRunner:
                 continue
             for destination, sender in self.senders.items():
                 batch = [d for d in due if d.destination == destination]
-                if batch:
-                    await self._send(sender, batch)
-            await self.refresh_gauges()
+                try:
+                    if batch:
+                        await self._send(sender, batch)
+                except Exception:  # the store failed mid-batch: its rows wait for a restart
+                    log.exception("delivery bookkeeping failed", extra={"code": "store_error"})
+                    await asyncio.sleep(IDLE_POLL_S)
+            with contextlib.suppress(Exception):
+                await self.refresh_gauges()
 
     async def _idle_s(self) -> float:
         if not self.senders:
@@ -290,19 +301,19 @@ class JobRunner:
 
         doubtful = [Held(d.result_uid, d.series_instance_uid, d.study_instance_uid)
                     for d in deliveries if d.in_doubt]  # fmt: skip
-        if doubtful:
-            held = await asyncio.to_thread(sender.held, doubtful)
-            for uid in held or ():
-                await asyncio.to_thread(report, uid, None)  # stored before the crash
-        objects = [(d.result_uid, d.data) for d in deliveries if d.result_uid not in reported]
+        unreported = "no outcome reported"
         try:
+            if doubtful:  # an earlier try may have reached the receiver: ask it first
+                held = await asyncio.to_thread(sender.held, doubtful)
+                for uid in held or ():
+                    await asyncio.to_thread(report, uid, None)
+            objects = [(d.result_uid, d.data) for d in deliveries if d.result_uid not in reported]
             await asyncio.to_thread(sender.send, objects, report)
         except Exception as exc:  # a sender bug or an unreadable object: retry, say why
             log.exception("delivery raised", extra={"code": "delivery_error"})
-            for uid in by_uid:
-                await asyncio.to_thread(report, uid, type(exc).__name__)
+            unreported = type(exc).__name__
         for uid in by_uid.keys() - reported:
-            await asyncio.to_thread(report, uid, "no outcome reported")
+            await asyncio.to_thread(report, uid, unreported)
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

@@ -339,7 +339,7 @@ class JobStore:
     def delivery_failed(
         self, delivery_id: int, error: str, *, first_backoff_s: float, max_attempts: int
     ) -> bool:
-        """Count a failed attempt; True when it was the last (the row is ``failed``)."""
+        """Count an unconfirmed attempt; True when it was the last (the row is ``failed``)."""
         with self.engine.begin() as conn:
             attempts = (
                 conn.execute(
@@ -349,7 +349,9 @@ class JobStore:
             )
             final = bool(int(attempts) >= max_attempts)
             conn.execute(sa.update(outbox).where(outbox.c.id == delivery_id).values(
-                attempts=attempts, last_error=error[:500], in_doubt=False,
+                # in doubt: a timeout or a dropped connection may have come after the
+                # receiver stored it, so the next try asks the receiver first
+                attempts=attempts, last_error=error[:500], in_doubt=True,
                 state="failed" if final else "pending",
                 next_attempt_at=time.time() + backoff_s(attempts, first_backoff_s),
             ))  # fmt: skip

@@ -81,6 +81,7 @@ def test_deliveries_are_marked_sending_and_doubted_after_a_crash(store: JobStore
     with store.engine.begin() as conn:
         conn.execute(sa.update(outbox).values(next_attempt_at=0.0))
     [last] = store.due_deliveries()
+    assert last.in_doubt  # unconfirmed: the receiver may hold it, so it is asked next time
     assert store.delivery_failed(last.id, "refused again", first_backoff_s=10, max_attempts=2)
     assert store.job(job_id)["deliveries"][0]["state"] == "failed"  # type: ignore[index]
 
