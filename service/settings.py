@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     stow_max_request_mb: float = Field(
         1024.0, gt=0, description="one STOW-RS request, all parts together (parts: max_upload_mb)"
     )
+    stow_timeout_s: float = Field(
+        600.0, gt=0, description="one STOW-RS request, upload to answer (parts already stored stay)"
+    )
     dicom_port: int | None = Field(
         None, ge=0, le=65535, description="C-STORE SCP port; unset = no DICOM listener"
     )
@@ -125,7 +128,9 @@ class Settings(BaseSettings):
         "stored to by STOW-RS; user:password@ in it is sent as HTTP basic auth",
     )
     results_ae: str | None = Field(None, description="AET@host:port results are sent to by C-STORE")
-    delivery_max_attempts: int = Field(12, ge=1, description="attempts before a delivery fails")
+    delivery_max_attempts: int = Field(
+        48, ge=1, description="attempts before a delivery fails (48: about 6 hours)"
+    )
     delivery_backoff_s: float = Field(
         2.0, gt=0, description="first retry delay; doubles per attempt, capped at 10 minutes"
     )
@@ -167,6 +172,19 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"resolutions must each be {RULE}, got {bad}")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _listener_not_open_to_all(self) -> Settings:
+        if (
+            self.dicom_port is not None
+            and not self.dicom_allowed_aes
+            and self.dicom_host not in ("127.0.0.1", "::1", "localhost")
+        ):
+            raise ValueError(
+                f"the C-STORE listener on {self.dicom_host} would accept any calling AE "
+                "title (API keys do not apply to DIMSE); set SHARPCXR_DICOM_ALLOWED_AES"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_in_resolutions(self) -> Settings:

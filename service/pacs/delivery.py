@@ -16,7 +16,7 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
@@ -65,23 +65,42 @@ def _uids(dataset: pydicom.Dataset, sequence: str) -> set[str]:
             if "ReferencedSOPInstanceUID" in item}  # fmt: skip
 
 
+class _RecordingSession(requests.Session):
+    """A session with a timeout on every request that records each response's status
+    (dicomweb-client returns the parsed body only; confirming needs 200 vs 202)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.statuses: list[int] = []
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout_s)
+        response = super().request(*args, **kwargs)
+        self.statuses.append(response.status_code)
+        return response
+
+
 class StowSender:
     """STOW-RS to ``url``: a DICOMweb base (``…/dicom-web``) or its ``…/studies`` resource;
-    ``user:password@`` in the URL becomes HTTP basic auth."""
+    ``user:password@`` in the URL becomes HTTP basic auth. dicomweb-client's own retries
+    are off: the outbox retries, with back-off and the in-doubt check."""
 
     destination = "stow"
 
     def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
         parts = urlsplit(url)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
+        netloc = parts.netloc.rpartition("@")[2]  # host[:port], IPv6 brackets kept
         path = parts.path.rstrip("/").removesuffix("/studies")
         self.base_url = urlunsplit((parts.scheme, netloc, path, "", ""))
-        self.session = requests.Session()
+        self.session = _RecordingSession(timeout_s)
         if parts.username:
             self.session.auth = (parts.username, parts.password or "")
-        self.timeout_s = timeout_s
+
+    def _client(self) -> DICOMwebClient:
+        client = DICOMwebClient(url=self.base_url, session=self.session)
+        client.set_http_retry_params(retry=False)
+        return client
 
     def send(self, objects: Sequence[tuple[str, bytes]], report: Report) -> None:
         for uid, error in self._store(objects).items():
@@ -89,7 +108,7 @@ class StowSender:
 
     def held(self, objects: Sequence[Held]) -> set[str] | None:
         """QIDO-RS per instance (PS3.18 10.6): found means stored."""
-        client = DICOMwebClient(url=self.base_url, session=self.session)
+        client = self._client()
         found: set[str] = set()
         try:
             for obj in objects:
@@ -99,29 +118,31 @@ class StowSender:
                 )
                 if matches:
                     found.add(obj.sop_instance_uid)
-        except requests.RequestException:
+        except Exception:  # requests' errors, dicomweb-client's RetryError, a bad answer
             return None
         return found
 
     def _store(self, objects: Sequence[tuple[str, bytes]]) -> Outcome:
-        client = DICOMwebClient(url=self.base_url, session=self.session)
+        client = self._client()
         datasets = [pydicom.dcmread(io.BytesIO(data)) for _, data in objects]
         uids = [uid for uid, _ in objects]
+        self.session.statuses.clear()
         try:
             response = client.store_instances(datasets)
         except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else "?"
-            return dict.fromkeys(uids, f"STOW-RS answered HTTP {status}")
+            code = exc.response.status_code if exc.response is not None else "?"
+            return dict.fromkeys(uids, f"STOW-RS answered HTTP {code}")
         except requests.RequestException as exc:
             return dict.fromkeys(uids, f"STOW-RS request failed ({type(exc).__name__})")
+        status = self.session.statuses[-1] if self.session.statuses else None
         failed = _uids(response, "FailedSOPSequence")
         referenced = _uids(response, "ReferencedSOPSequence")
-        # dicomweb-client raises for 4xx/5xx; a 2xx without a parsable body is a 200 (all
-        # stored, PS3.18 10.5.3). With a body, only what it references is confirmed.
-        confirm_all = not referenced and not failed
+        # PS3.18 10.5.3: 200 means every instance was stored (a body may list them); any
+        # other success status (202) confirms only what ReferencedSOPSequence names.
+        confirmed = set(uids) - failed if status == 200 else referenced - failed
         return {
-            uid: None if (confirm_all or uid in referenced) and uid not in failed
-            else "the STOW-RS receiver did not confirm this instance"
+            uid: None if uid in confirmed
+            else f"the STOW-RS receiver did not confirm this instance (HTTP {status})"
             for uid in uids
         }  # fmt: skip
 

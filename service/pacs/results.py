@@ -34,6 +34,7 @@ empty (as the source's IOD means them), never invented. Pixel data is never read
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -49,7 +50,9 @@ from pydicom.uid import generate_uid
 
 import sharpcxr
 from imaging.rle import decode_coco_rle
+from service.errors import ServiceError
 from service.pacs.results_sr import box_scoord, build_sr, decision
+from service.pacs.store import ResultRow
 from service.schemas import PredictResponse
 
 BoolArray = npt.NDArray[np.bool_]
@@ -88,9 +91,13 @@ _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float/Double F
 logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
-class ResultBuildError(Exception):
+class ResultBuildError(ServiceError):
     """The source cannot carry result objects (a missing mandatory attribute, an SOP class
-    highdicom does not know, ...). Messages name attributes, never patient data."""
+    highdicom does not know, ...). Messages name attributes, never patient data; a 422
+    (through the service's one error mapping) and a refused job."""
+
+    code = "result_build_error"
+    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -361,3 +368,25 @@ def build_results(
     except (ValueError, TypeError) as exc:
         raise ResultBuildError(f"highdicom refused the source: {type(exc).__name__}") from exc
     return ResultObjects(seg=seg, sr=sr, gsps=gsps)
+
+
+def part10(ds: pydicom.Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file (preamble, file meta, its transfer syntax)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def result_rows(source_bytes: bytes, response: PredictResponse) -> list[ResultRow]:
+    """The SEG, SR and GSPS for one answered instance, encoded (CPU work: run in a pool)."""
+    source = pydicom.dcmread(io.BytesIO(source_bytes), stop_before_pixels=True)
+    made = build_results(source, response)
+    rows = []
+    for kind, ds in (("seg", made.seg), ("sr", made.sr), ("gsps", made.gsps)):
+        if ds is not None:
+            rows.append(ResultRow(
+                sop_instance_uid=str(ds.SOPInstanceUID), kind=kind,
+                sop_class_uid=str(ds.SOPClassUID),
+                series_instance_uid=str(ds.SeriesInstanceUID), data=part10(ds),
+            ))  # fmt: skip
+    return rows

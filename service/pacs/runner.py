@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-
-import pydicom
 
 from imaging.errors import ImagingError
 from service.errors import (
@@ -39,18 +36,16 @@ from service.errors import (
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.pacs.delivery import Held, Sender
-from service.pacs.results import ResultBuildError, build_results
+from service.pacs.results import result_rows
 from service.pacs.store import (
     MAX_JOB_ATTEMPTS,
     ClaimedJob,
     Delivery,
     JobStore,
     NewJob,
-    ResultRow,
 )
 from service.pacs.stow import Instance
 from service.pipeline import Pipeline, PredictOptions, RequestContext
-from service.schemas import PredictResponse
 
 log = logging.getLogger(__name__)
 
@@ -59,28 +54,6 @@ TRANSIENT_RETRY_S = 2.0
 #: the longest a loop sleeps without being woken (a safety net for lost wake-ups)
 IDLE_POLL_S = 1.0
 TRANSIENT = (OverloadedError, DeadlineExceededError, NotReadyError)
-
-
-def part10(ds: pydicom.Dataset) -> bytes:
-    """``ds`` as a DICOM Part 10 file (preamble, file meta, its transfer syntax)."""
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def result_rows(source_bytes: bytes, response: PredictResponse) -> list[ResultRow]:
-    """The SEG, SR and GSPS for one answered instance, encoded (CPU work: run in a pool)."""
-    source = pydicom.dcmread(io.BytesIO(source_bytes), stop_before_pixels=True)
-    made = build_results(source, response)
-    rows = []
-    for kind, ds in (("seg", made.seg), ("sr", made.sr), ("gsps", made.gsps)):
-        if ds is not None:
-            rows.append(ResultRow(
-                sop_instance_uid=str(ds.SOPInstanceUID), kind=kind,
-                sop_class_uid=str(ds.SOPClassUID),
-                series_instance_uid=str(ds.SeriesInstanceUID), data=part10(ds),
-            ))  # fmt: skip
-    return rows
 
 
 class JobRunner:
@@ -212,10 +185,6 @@ class JobRunner:
             log.info("job refused", extra={"code": code})
             self._count(job, "refused")
             return
-        except ResultBuildError as exc:
-            await asyncio.to_thread(self.store.refuse, job.id, "result_build_error", str(exc))
-            self._count(job, "refused")
-            return
         except Exception:
             log.exception("job failed", extra={"code": "job_error"})
             if job.attempts >= MAX_JOB_ATTEMPTS:
@@ -242,7 +211,9 @@ class JobRunner:
 
     async def _retry(self, job: ClaimedJob, exc: Exception) -> None:
         _, code, message = error_status_and_code(exc)
-        await asyncio.to_thread(self.store.retry_later, job.id, TRANSIENT_RETRY_S, code, message)
+        await asyncio.to_thread(
+            self.store.retry_later, job.id, TRANSIENT_RETRY_S, code, message, transient=True
+        )
         self._count(job, "retried")
 
     def _count(self, job: ClaimedJob, state: str) -> None:
@@ -252,12 +223,21 @@ class JobRunner:
     async def _deliver(self) -> None:
         while True:
             try:
-                due = await asyncio.to_thread(self.store.due_deliveries) if self.senders else []
+                due = (
+                    await asyncio.to_thread(self.store.due_deliveries, list(self.senders))
+                    if self.senders
+                    else []
+                )
             except Exception:
                 log.exception("the outbox could not be read", extra={"code": "store_error"})
                 due = []
             if not due:
-                await _wait(self._deliveries_ready, await self._idle_s())
+                try:
+                    idle_s = await self._idle_s()
+                except Exception:
+                    log.exception("the outbox could not be read", extra={"code": "store_error"})
+                    idle_s = IDLE_POLL_S
+                await _wait(self._deliveries_ready, idle_s)
                 continue
             for destination, sender in self.senders.items():
                 batch = [d for d in due if d.destination == destination]

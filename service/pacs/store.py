@@ -33,6 +33,10 @@ from sqlalchemy.exc import IntegrityError
 MAX_JOB_ATTEMPTS = 3
 #: longest delay between two delivery attempts
 MAX_BACKOFF_S = 600.0
+#: a claim older than this is taken to have died (its process, or its bookkeeping): the
+#: job is claimed again, the delivery handed out again in doubt
+JOB_LEASE_S = 900.0
+DELIVERY_LEASE_S = 300.0
 
 metadata = sa.MetaData()
 
@@ -160,12 +164,17 @@ class JobStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = sa.create_engine(url, connect_args={"timeout": 30})
+        parsed = sa.engine.make_url(url)
+        # hide_parameters: error messages (which reach the log) never carry a UID
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(
+                url, connect_args={"timeout": 30}, hide_parameters=True
+            )
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            self.engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
         metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -207,24 +216,30 @@ class JobStore:
             ).rowcount  # fmt: skip
             recovered_sends = conn.execute(
                 sa.update(outbox).where(outbox.c.state == "sending")
-                .values(state="pending", in_doubt=True)
+                .values(state="pending", in_doubt=True, next_attempt_at=0.0)
             ).rowcount  # fmt: skip
         return int(recovered_jobs), int(recovered_sends)
 
     def claim(self) -> ClaimedJob | None:
-        """The oldest queued job that is due, marked ``processing`` (safe with several
-        claimers: the state is compared in the UPDATE)."""
+        """The oldest queued job that is due (or one ``processing`` past its lease), marked
+        ``processing`` (safe with several claimers: state and time are compared in the
+        UPDATE)."""
         now = time.time()
         with self.engine.begin() as conn:
             while True:
+                claimable = sa.or_(
+                    sa.and_(jobs.c.state == "queued", jobs.c.not_before <= now),
+                    sa.and_(jobs.c.state == "processing", jobs.c.updated_at < now - JOB_LEASE_S),
+                )
                 row = conn.execute(
-                    sa.select(jobs.c.id).where(jobs.c.state == "queued", jobs.c.not_before <= now)
+                    sa.select(jobs.c.id, jobs.c.state, jobs.c.updated_at).where(claimable)
                     .order_by(jobs.c.created_at).limit(1)
                 ).first()  # fmt: skip
                 if row is None:
                     return None
                 claimed = conn.execute(
-                    sa.update(jobs).where(jobs.c.id == row.id, jobs.c.state == "queued")
+                    sa.update(jobs).where(jobs.c.id == row.id, jobs.c.state == row.state,
+                                          jobs.c.updated_at == row.updated_at)
                     .values(state="processing", attempts=jobs.c.attempts + 1, updated_at=now)
                 )  # fmt: skip
                 if claimed.rowcount == 1:
@@ -275,12 +290,16 @@ class JobStore:
                 error_code=code, error_message=message,
             )  # fmt: skip
 
-    def retry_later(self, job_id: str, delay_s: float, code: str, message: str) -> None:
-        """Back to the queue (a transient refusal such as overload), due in ``delay_s``."""
+    def retry_later(
+        self, job_id: str, delay_s: float, code: str, message: str, *, transient: bool = False
+    ) -> None:
+        """Back to the queue, due in ``delay_s``. ``transient`` (an overload, a deadline):
+        the attempt does not count, since the job did not fail, the service was busy."""
         now = time.time()
+        attempts = jobs.c.attempts - 1 if transient else jobs.c.attempts
         with self.engine.begin() as conn:
             conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
-                state="queued", not_before=now + delay_s, updated_at=now,
+                state="queued", not_before=now + delay_s, updated_at=now, attempts=attempts,
                 error_code=code, error_message=message,
             ))  # fmt: skip
 
@@ -297,35 +316,43 @@ class JobStore:
         conn.execute(sa.delete(job_data).where(job_data.c.job_id == job_id))
 
     # ------------------------------------------------------------------ delivery
-    def due_deliveries(self, limit: int = 16) -> list[Delivery]:
-        """Pending deliveries that are due, marked ``sending`` (committed before any byte
-        goes out, so a crash during the send leaves them in doubt, not forgotten)."""
+    def due_deliveries(self, destinations: Sequence[str], limit: int = 16) -> list[Delivery]:
+        """Deliveries to ``destinations`` that are due, marked ``sending`` with a lease
+        (committed before any byte goes out, so a crash or a lost bookkeeping step leaves
+        them in doubt, not forgotten: past the lease they are handed out again, in doubt)."""
         now = time.time()
         with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(outbox.c.id, outbox.c.result_uid, outbox.c.destination,
-                          outbox.c.attempts, outbox.c.in_doubt, results.c.data,
+                          outbox.c.attempts, outbox.c.in_doubt, outbox.c.state, results.c.data,
                           results.c.series_instance_uid, jobs.c.study_instance_uid)
                 .join(results, results.c.sop_instance_uid == outbox.c.result_uid)
                 .join(jobs, jobs.c.id == results.c.job_id)
-                .where(outbox.c.state == "pending", outbox.c.next_attempt_at <= now)
+                .where(outbox.c.state.in_(("pending", "sending")),
+                       outbox.c.next_attempt_at <= now,
+                       outbox.c.destination.in_(list(destinations)))
                 .order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
             ).all()  # fmt: skip
-            if rows:
+            for r in rows:
                 conn.execute(
-                    sa.update(outbox).where(outbox.c.id.in_([r.id for r in rows]))
-                    .values(state="sending")
+                    sa.update(outbox).where(outbox.c.id == r.id).values(
+                        state="sending", next_attempt_at=now + DELIVERY_LEASE_S,
+                        in_doubt=bool(r.in_doubt) or r.state == "sending",
+                    )
                 )  # fmt: skip
         return [
             Delivery(r.id, r.result_uid, r.destination, r.attempts, r.data,
-                     r.study_instance_uid, r.series_instance_uid, bool(r.in_doubt))
+                     r.study_instance_uid, r.series_instance_uid,
+                     bool(r.in_doubt) or r.state == "sending")
             for r in rows
         ]  # fmt: skip
 
     def next_delivery_at(self) -> float | None:
         with self.engine.connect() as conn:
             value = conn.execute(
-                sa.select(sa.func.min(outbox.c.next_attempt_at)).where(outbox.c.state == "pending")
+                sa.select(sa.func.min(outbox.c.next_attempt_at)).where(
+                    outbox.c.state.in_(("pending", "sending"))
+                )
             ).scalar()
         return None if value is None else float(value)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -178,6 +179,7 @@ def inspect_instance(data: bytes, *, expected_study_uid: str | None) -> Instance
             "no 'DICM' marker at byte 128: send DICOM Part 10 files (with preamble and "
             "file meta information), one per part"
         )
+    _check_inflated_size(data)
     fp = io.BytesIO(data)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -258,6 +260,37 @@ def _cut_short(ds: Dataset, size: int) -> bool:
     if not isinstance(last, RawDataElement) or last.length == _UNDEFINED:
         return False  # already converted, or a sequence whose end is not recorded
     return bool(last.value_tell + last.length != size)
+
+
+#: the most a deflated data set may inflate to (pydicom inflates it whole, in memory): a
+#: 36 Mpx 16-bit image is 72 MB; a 1 MB part that inflates to 1 GB is a bomb
+MAX_INFLATED_BYTES = 256 * 1024 * 1024
+
+
+def _check_inflated_size(data: bytes) -> None:
+    """Refuse a Deflated Explicit VR Little Endian part that inflates past the limit,
+    measuring with a bounded decompressor before pydicom inflates it all at once."""
+    # File meta: (0002,0000) UL group length right after "DICM" (explicit VR LE, PS3.10 7.1)
+    if data[132:138] != b"\x02\x00\x00\x00UL" or len(data) < 144:
+        return  # malformed meta: the header read below refuses it with its reason
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    if uids.DeflatedExplicitVRLittleEndian.encode() not in data[144:meta_end]:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, inflated = data[meta_end:], 0
+    try:  # 1 MiB of output at a time, counted and dropped: memory stays small
+        while pending and inflated <= MAX_INFLATED_BYTES:
+            inflated += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        raise _cannot_understand("its deflated data set could not be inflated") from None
+    if inflated > MAX_INFLATED_BYTES:
+        raise PartRefused(
+            OUT_OF_RESOURCES,
+            f"its deflated data set inflates past {MAX_INFLATED_BYTES // 2**20} MiB "
+            "(a decompression bomb, or an image far larger than a radiograph); send it "
+            "uncompressed or with a pixel compression",
+        )
 
 
 def _uid(ds: Dataset, keyword: str) -> str | None:

@@ -68,7 +68,7 @@ async def _store(
     related = parse_related_content_type(request.headers.get("content-type"))
     stored: list[StoredRef] = []
     failed: list[FailedRef] = []
-    async with request_deadline(settings.request_timeout_s):
+    async with request_deadline(settings.stow_timeout_s):
         parts = iter_parts(
             request.stream(),
             related.boundary,
@@ -77,8 +77,10 @@ async def _store(
         )
         try:
             async for part in parts:
-                try:
-                    instance = check_part(part, expected_study_uid=study_uid)
+                try:  # header parse (and a deflate check): CPU, off the event loop
+                    instance = await asyncio.to_thread(
+                        check_part, part, expected_study_uid=study_uid
+                    )
                 except PartRefused as refused:
                     failed.append(refused.failed(part.index))
                     continue

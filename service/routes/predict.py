@@ -15,7 +15,7 @@ from service.deps import PipelineDep, SettingsDep
 from service.errors import DeadlineExceededError, InvalidParameterError, UnknownResolutionError
 from service.logs import request_id_var
 from service.pacs.related import encode_related
-from service.pacs.runner import result_rows
+from service.pacs.results import result_rows
 from service.pipeline import PredictOptions, RequestContext
 from service.schemas import CompareResponse, ErrorResponse, PredictResponse
 from service.settings import Settings
@@ -111,8 +111,10 @@ OptionsDep = Annotated[PredictOptions, Depends(predict_options)]
 def wants_dicom(accept: str | None) -> bool:
     """``Accept: multipart/related; type="application/dicom"``: the answer as DICOM objects."""
     for item in (accept or "").lower().split(","):
-        media, _, params = item.partition(";")
-        if media.strip() == "multipart/related" and "application/dicom" in params:
+        media, *params = item.split(";")
+        types = {v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)
+                 if k.strip() == "type"}  # fmt: skip
+        if media.strip() == "multipart/related" and types == {"application/dicom"}:
             return True
     return False
 

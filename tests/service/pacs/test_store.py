@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.pacs.related import encode_related
-from service.pacs.store import JobStore, NewJob, ResultRow, backoff_s, outbox
+from service.pacs.store import JOB_LEASE_S, JobStore, NewJob, ResultRow, backoff_s, jobs, outbox
 from tests.service.conftest import make_client, phantom, phantom_dicom
 from tests.service.pacs.peers import ResultReceiver
 from tests.service.pacs.test_pacs_api import header, wait_finished
@@ -69,18 +69,18 @@ def test_deliveries_are_marked_sending_and_doubted_after_a_crash(store: JobStore
     job_id, _ = store.add(new_job("1.1"))
     store.claim()
     store.finish(job_id, response_json="{}", objects=[row("9.1")], destinations=["dimse"])
-    [due] = store.due_deliveries()
+    [due] = store.due_deliveries(["dimse"])
     assert not due.in_doubt and due.study_instance_uid == "1.2.3"
-    assert store.due_deliveries() == []  # sending: not handed out twice
+    assert store.due_deliveries(["dimse"]) == []  # sending: not handed out twice
     assert store.recover() == (0, 1)
-    [doubted] = store.due_deliveries()
+    [doubted] = store.due_deliveries(["dimse"])
     assert doubted.in_doubt
     assert not store.delivery_failed(doubted.id, "refused", first_backoff_s=10, max_attempts=2)
-    assert store.due_deliveries() == []  # backing off
+    assert store.due_deliveries(["dimse"]) == []  # backing off
     assert store.next_delivery_at() == pytest.approx(time.time() + 10, abs=2)
     with store.engine.begin() as conn:
         conn.execute(sa.update(outbox).values(next_attempt_at=0.0))
-    [last] = store.due_deliveries()
+    [last] = store.due_deliveries(["dimse"])
     assert last.in_doubt  # unconfirmed: the receiver may hold it, so it is asked next time
     assert store.delivery_failed(last.id, "refused again", first_backoff_s=10, max_attempts=2)
     assert store.job(job_id)["deliveries"][0]["state"] == "failed"  # type: ignore[index]
@@ -133,3 +133,30 @@ def test_sends_in_doubt_are_checked_with_the_receiver(
         assert len(receiver.received) == 3  # either way exactly one copy each
     finally:
         receiver.stop()
+
+
+def test_leases_bring_back_work_a_live_process_lost(store: JobStore) -> None:
+    """A job or a send whose bookkeeping died is picked up again after its lease, without
+    a restart; a delivery whose lease expired comes back in doubt."""
+    job_id, _ = store.add(new_job("1.1"))
+    assert store.claim() is not None
+    with store.engine.begin() as conn:  # the claim is older than its lease
+        conn.execute(sa.update(jobs).values(updated_at=time.time() - JOB_LEASE_S - 1))
+    again = store.claim()
+    assert again is not None and again.id == job_id and again.attempts == 2
+    store.finish(job_id, response_json="{}", objects=[row("9.1")], destinations=["dimse"])
+    assert store.due_deliveries(["stow"]) == []  # only configured destinations
+    [sent] = store.due_deliveries(["dimse"])
+    assert not sent.in_doubt and store.due_deliveries(["dimse"]) == []
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(outbox).values(next_attempt_at=0.0))  # the lease ran out
+    [reclaimed] = store.due_deliveries(["dimse"])
+    assert reclaimed.id == sent.id and reclaimed.in_doubt
+
+
+def test_a_transient_retry_does_not_use_up_attempts(store: JobStore) -> None:
+    job_id, _ = store.add(new_job("1.1"))
+    for _ in range(5):  # five overloads in a row
+        claimed = store.claim()
+        assert claimed is not None and claimed.attempts == 1
+        store.retry_later(job_id, 0.0, "overloaded", "busy", transient=True)

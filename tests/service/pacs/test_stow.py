@@ -419,3 +419,36 @@ def test_stow_request_end_to_end() -> None:
     headers = warning_headers(failed)
     for secret in (*identifiers(other_study), *identifiers(sr), study):
         assert all(secret not in h for h in headers)
+
+
+def _deflated(extra_zero_bytes: int) -> bytes:
+    ds = build_dataset(np.full((64, 64), 100, np.uint16))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    if extra_zero_bytes:
+        ds.add_new(0x00091010, "OB", bytes(extra_zero_bytes))  # inflates, deflates to ~0
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_deflate_bomb_is_refused_before_pydicom_inflates_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tracemalloc
+
+    import service.pacs.stow as stow
+
+    monkeypatch.setattr(stow, "MAX_INFLATED_BYTES", 8 * 2**20)
+    assert stow.inspect_instance(_deflated(0), expected_study_uid=None).transfer_syntax_uid == (
+        pydicom.uid.DeflatedExplicitVRLittleEndian
+    )
+    bomb = _deflated(64 * 2**20)  # 64 MiB of zeros: about 1000:1 smaller on the wire
+    assert len(bomb) < 200_000
+    tracemalloc.start()
+    with pytest.raises(PartRefused) as refused:
+        stow.inspect_instance(bomb, expected_study_uid=None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert refused.value.failure_reason == 0xA700 and "inflates past 8 MiB" in refused.value.message
+    assert peak < 16 * 2**20  # measured 1 MiB at a time, never inflated whole
