@@ -127,8 +127,11 @@ class JobRunner:
 
     def wake(self) -> None:
         """A job was stored (from any thread): let an idle worker look."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._jobs_ready.set)
+        if self._loop is not None:
+            # the loop may close between the check and the call while the service stops;
+            # the job is stored either way and found at the next start
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._jobs_ready.set)
 
     async def refresh_gauges(self) -> None:
         states, pending = await asyncio.to_thread(self.store.counts)
