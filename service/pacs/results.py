@@ -51,7 +51,7 @@ from pydicom.uid import generate_uid
 import sharpcxr
 from imaging.rle import decode_coco_rle
 from service.errors import ServiceError
-from service.pacs.results_sr import box_scoord, build_sr, decision
+from service.pacs.results_sr import Equipment, box_scoord, build_sr, decision
 from service.pacs.store import ResultRow
 from service.schemas import PredictResponse
 
@@ -159,7 +159,7 @@ def _positive_pair(value: Any) -> bool:
         return False
 
 
-def _equipment(response: PredictResponse) -> dict[str, str]:
+def _equipment(response: PredictResponse) -> Equipment:
     return {
         "manufacturer": MANUFACTURER,
         "manufacturer_model_name": response.model.name[:64],
@@ -206,7 +206,6 @@ def _build_seg(
             },
         ),
     )
-    eq = _equipment(response)
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=mask,
@@ -216,10 +215,7 @@ def _build_seg(
         series_number=SERIES_NUMBERS["seg"],
         sop_instance_uid=result_uid(source.SOPInstanceUID, "seg", sha),
         instance_number=1,
-        manufacturer=eq["manufacturer"],
-        manufacturer_model_name=eq["manufacturer_model_name"],
-        software_versions=eq["software_versions"],
-        device_serial_number=eq["device_serial_number"],
+        **_equipment(response),
         content_label="SALIENCY",
         content_description=f"{response.saliency.method} saliency of {model.name}"[:64],
         omit_empty_frames=False,
@@ -282,17 +278,13 @@ def _build_gsps(
         extra["presentation_lut_transformation"] = hd.PresentationLUTTransformation(
             presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE
         )
-    eq = _equipment(response)
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         series_instance_uid=result_uid(source.StudyInstanceUID, "gsps-series", sha),
         series_number=SERIES_NUMBERS["gsps"],
         sop_instance_uid=result_uid(source.SOPInstanceUID, "gsps", sha),
         instance_number=1,
-        manufacturer=eq["manufacturer"],
-        manufacturer_model_name=eq["manufacturer_model_name"],
-        software_versions=eq["software_versions"],
-        device_serial_number=eq["device_serial_number"],
+        **_equipment(response),
         content_label=GRAPHIC_LAYER,
         content_description="sharpcxr pneumothorax boxes and result",
         graphic_annotations=[annotation],

@@ -32,6 +32,7 @@ Coding Scheme Identification Sequence).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -41,6 +42,16 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from service.schemas import BoxOut, PredictResponse
+
+
+class Equipment(TypedDict):
+    """The General Equipment attributes of every result object, as highdicom's keywords."""
+
+    manufacturer: str
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
 
 LOCAL_SCHEME = "99SHARPCXR"
 OOD_SCORE = Code("OOD-SCORE", LOCAL_SCHEME, "Out-of-distribution score")
@@ -187,7 +198,7 @@ def build_sr(
     *,
     uids: dict[str, str],
     series_number: int,
-    equipment: dict[str, str],
+    equipment: Equipment,
 ) -> hd.sr.ComprehensiveSR:
     """The SR of ``response`` for ``source`` (metadata only; pixel data is not needed).
 
@@ -225,13 +236,10 @@ def build_sr(
         series_number=series_number,
         sop_instance_uid=uids["instance"],
         instance_number=1,
-        manufacturer=equipment["manufacturer"],
         is_complete=True,
         is_final=False,
         is_verified=False,
         coding_schemes=[CODING_SCHEME],
         series_description="sharpcxr pneumothorax AI report",
-        manufacturer_model_name=equipment["manufacturer_model_name"],
-        software_versions=equipment["software_versions"],
-        device_serial_number=equipment["device_serial_number"],
+        **equipment,
     )
