@@ -23,7 +23,8 @@ from service.errors import ServiceError, error_body, error_headers, error_status
 from service.logs import configure_logging, request_id_var
 from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
-from service.routes import dicomweb, health, jobs, models, predict
+from service.routes import dicomweb, display, health, jobs, models, predict
+from service.routes.viewer import mount_viewer
 from service.runtime import ServiceRuntime
 from service.settings import Settings, get_settings
 from sharpcxr import __version__
@@ -105,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Resolution-aware pneumothorax classification with Grad-CAM localisation",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by service.routes.viewer from vendored assets
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.dependency_overrides[get_settings] = lambda: settings
@@ -117,14 +120,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     api.include_router(predict.router)
     api.include_router(models.router)
+    api.include_router(display.router)
     api.include_router(jobs.router)
     app.include_router(api)
     app.include_router(dicomweb.router, dependencies=[Depends(require_api_key)])
     app.include_router(health.router)
+    mount_viewer(app)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/viewer/")
 
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=app.router.routes)
     return app

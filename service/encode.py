@@ -15,6 +15,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -33,6 +34,7 @@ from service.schemas import (
     PredictResponse,
     Reason,
     SaliencyBlock,
+    SaliencyMapBlock,
     Timings,
 )
 
@@ -46,15 +48,34 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def saliency_map_png(saliency: npt.NDArray[np.float32], max_side: int) -> bytes:
+    """The normalised saliency (float ``(rows, columns)`` in ``[0, 1]``, original grid) as
+    an 8-bit grayscale PNG, area-downscaled so that its longer side is at most
+    ``max_side`` (the aspect ratio kept, so it stretches back over the original grid)."""
+    sal = np.asarray(saliency, dtype=np.float32)
+    if max(sal.shape) > max_side:
+        factor = max_side / max(sal.shape)
+        size = (max(1, round(sal.shape[1] * factor)), max(1, round(sal.shape[0] * factor)))
+        sal = np.asarray(cv2.resize(sal, size, interpolation=cv2.INTER_AREA), np.float32)
+    ok, buf = cv2.imencode(
+        ".png", cv2.convertScaleAbs(sal, alpha=255.0), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
+    if not ok:  # pragma: no cover - a 2-D uint8 array always encodes
+        raise RuntimeError("PNG encoding failed")
+    return bytes(buf.tobytes())
+
+
 def saliency_block(
     result: SaliencyResult,
     method: str,
     mask_format: str,
     heatmap_of: npt.NDArray[np.float32] | None,
     heatmap_max_side: int,
+    *,
+    saliency_map: bool = False,
 ) -> SaliencyBlock:
-    """The mask as PNG or RLE, and the heatmap over ``heatmap_of`` (the display pixels)
-    when asked for."""
+    """The mask as PNG or RLE, the heatmap over ``heatmap_of`` (the display pixels) and
+    the bare saliency map, when asked for."""
     rows, columns = result.mask.shape
     if mask_format == "rle":
         rle = encode_coco_rle(result.mask)
@@ -69,7 +90,20 @@ def saliency_block(
         heatmap = HeatmapBlock(
             rows=h_rows, columns=h_columns, data=base64.b64encode(png).decode("ascii")
         )
-    return SaliencyBlock(method=method, threshold=result.threshold, mask=mask, heatmap=heatmap)
+    map_block = None
+    if saliency_map:
+        png = saliency_map_png(result.saliency, heatmap_max_side)
+        m_rows, m_columns = _png_size(png)
+        map_block = SaliencyMapBlock(
+            rows=m_rows, columns=m_columns, data=base64.b64encode(png).decode("ascii")
+        )
+    return SaliencyBlock(
+        method=method,
+        threshold=result.threshold,
+        mask=mask,
+        heatmap=heatmap,
+        map=map_block,
+    )
 
 
 def box_out(box: Box) -> BoxOut:
@@ -136,6 +170,7 @@ def encode_response(
             options.mask_format,
             decoded.pixels if options.heatmap else None,
             heatmap_max_side,
+            saliency_map=options.saliency_map,
         )
     now = time.perf_counter()
     timings = {k: round(v * 1000, 3) for k, v in seconds.items()}

@@ -54,6 +54,7 @@ class PredictOptions:
 
     mask_format: Literal["png", "rle"] = "png"
     heatmap: bool = False
+    saliency_map: bool = False
     method: str = "gradcam"
     explain: bool = True
     saliency_threshold: float = DEFAULT_THRESHOLD
@@ -186,17 +187,25 @@ class Pipeline:
         Admission control: decoding is the first CPU stage, so a burst piles up here
         before any inference queue fills; past ``max_decode_backlog`` requests in or
         waiting for the pool, new ones get 503 rather than an ever-growing wait."""
+        job = partial(_decode_and_gate, body, self.max_pixels, self.gate_mode)
+        decoded, findings, decode_s, gate_s = await self._admitted(job)
+        ctx.decoded, ctx.findings = decoded, findings
+        ctx.seconds.update(decode=decode_s, gate=gate_s)
+
+    async def decode_only(self, body: bytes) -> DecodedImage:
+        """The display chain alone (no gate, no model), under the same admission control:
+        what the viewer shows is what the models are given."""
+        return await self._admitted(partial(read_dicom, body, max_pixels=self.max_pixels))
+
+    async def _admitted(self, job: Callable[[], R]) -> R:
+        """``job`` in the pool, or 503 when ``max_decode_backlog`` are in or waiting."""
         if self.decoding >= self.max_decode_backlog:
             raise OverloadedError("decode", self.max_decode_backlog)
         self.decoding += 1
         try:
-            loop = asyncio.get_running_loop()
-            job = partial(_decode_and_gate, body, self.max_pixels, self.gate_mode)
-            decoded, findings, decode_s, gate_s = await loop.run_in_executor(self.pool, job)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, job)
         finally:
             self.decoding -= 1
-        ctx.decoded, ctx.findings = decoded, findings
-        ctx.seconds.update(decode=decode_s, gate=gate_s)
 
     def gate(self, ctx: RequestContext, models: Sequence[ServedModel]) -> None:
         """``refuse`` mode: the gate's findings end the request (422, counted)."""

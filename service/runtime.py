@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 
 from cxrmodel.vocab import Device
 from service.batching import Batcher
@@ -93,7 +94,11 @@ class ServiceRuntime:
         """The job store, its worker and deliverer, and the C-STORE SCP when configured."""
         s = self.settings
         assert self.pipeline is not None and self.pool is not None
-        self.store = await asyncio.to_thread(JobStore, s.jobs_database_url())
+        self.store = await asyncio.to_thread(
+            partial(
+                JobStore, s.jobs_database_url(), retain_received_s=s.retain_received_hours * 3600
+            )
+        )
         senders: list[Sender] = []
         if s.results_stow_url:
             senders.append(StowSender(s.results_stow_url))

@@ -61,11 +61,24 @@ class HeatmapBlock(BaseModel):
     data: str = Field(description="base64 RGB PNG, JET colour map blended over the image")
 
 
+class SaliencyMapBlock(BaseModel):
+    format: Literal["png"] = "png"
+    rows: int = Field(description="rows of the PNG (downscaled when the image is large)")
+    columns: int
+    data: str = Field(
+        description="base64 8-bit grayscale PNG of the normalised saliency (0 = none, "
+        "255 = the peak), covering the whole image: stretch it over the original grid"
+    )
+
+
 class SaliencyBlock(BaseModel):
     method: str = Field(examples=["gradcam"])
     threshold: float = Field(description="saliency (normalised to [0, 1]) at or above is masked")
     mask: MaskBlock
     heatmap: HeatmapBlock | None = None
+    map: SaliencyMapBlock | None = Field(
+        None, description="the saliency itself, for clients that draw their own overlay"
+    )
 
 
 class BoxOut(BaseModel):
@@ -244,6 +257,33 @@ class JobResponse(BaseModel):
     )
     objects: list[ResultObjectOut] = Field(description="the DICOM objects made (SEG, SR, GSPS)")
     deliveries: list[DeliveryOut]
+
+
+class JobSummary(BaseModel):
+    """One row of the worklist: a received instance and the gist of its answer."""
+
+    job_id: str
+    state: Literal["queued", "processing", "done", "refused", "failed"]
+    source: Literal["stow", "dimse"]
+    sop_instance_uid: str
+    study_instance_uid: str
+    created_at: datetime
+    updated_at: datetime
+    has_image: bool = Field(
+        description="the received instance is still held (SHARPCXR_RETAIN_RECEIVED_HOURS), "
+        "so GET /v1/jobs/{job_id}/display can show it"
+    )
+    error: JobErrorOut | None = None
+    resolution: int | None = None
+    probability: float | None = None
+    threshold: float | None = None
+    positive: bool | None = None
+    assessment: Literal["assessed", "not_assessable"] | None = None
+    reasons: list[str] = Field(default_factory=list, description="the assessment's codes")
+
+
+class JobListResponse(BaseModel):
+    jobs: list[JobSummary] = Field(description="newest first")
 
 
 class StudyResultsResponse(BaseModel):

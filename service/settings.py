@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "<data_dir>/jobs.sqlite",
     )
     job_workers: int = Field(2, ge=1, le=64, description="jobs processed at the same time")
+    retain_received_hours: float = Field(
+        24.0,
+        ge=0,
+        description="how long a finished job keeps the instance it received, for the "
+        "viewer's worklist to show the image; 0 = deleted as soon as the job is finished",
+    )
     stow_max_request_mb: float = Field(
         1024.0, gt=0, description="one STOW-RS request, all parts together (parts: max_upload_mb)"
     )

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 TRANSIENT_RETRY_S = 2.0
 #: the longest a loop sleeps without being woken (a safety net for lost wake-ups)
 IDLE_POLL_S = 1.0
+#: how often an idle worker purges received instances past their retention
+PURGE_INTERVAL_S = 60.0
 TRANSIENT = (OverloadedError, DeadlineExceededError, NotReadyError)
 
 
@@ -85,6 +87,7 @@ class JobRunner:
         self._jobs_ready = asyncio.Event()
         self._deliveries_ready = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._purged_at = 0.0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -147,6 +150,7 @@ class JobRunner:
                 log.exception("the job store could not be read", extra={"code": "store_error"})
                 job = None
             if job is None:
+                await self._purge_if_due()
                 await _wait(self._jobs_ready, IDLE_POLL_S)
                 continue
             request_id_var.set(f"job-{job.id}")
@@ -161,6 +165,21 @@ class JobRunner:
                     )  # fmt: skip
             with contextlib.suppress(Exception):
                 await self.refresh_gauges()
+
+    async def _purge_if_due(self) -> None:
+        """Received instances past their retention go (at most every PURGE_INTERVAL_S)."""
+        now = time.monotonic()
+        if now - self._purged_at < PURGE_INTERVAL_S:
+            return
+        self._purged_at = now
+        try:
+            purged = await asyncio.to_thread(self.store.purge_received)
+        except Exception:
+            log.exception("the job store could not be purged", extra={"code": "store_error"})
+            return
+        if purged:
+            log.info("received instances past retention deleted",
+                     extra={"code": "purged", "instances": purged})  # fmt: skip
 
     async def _process(self, job: ClaimedJob) -> None:
         if job.attempts > MAX_JOB_ATTEMPTS:

@@ -1,8 +1,9 @@
 """The durable job store and outbox (SQLAlchemy Core; SQLite in WAL mode by default).
 
 Four tables. ``jobs``: one row per received SOP Instance UID (UNIQUE); ``job_data``: its
-received bytes until the job is finished, written in the same transaction, so a sender is
-acknowledged only once its instance is on disk. ``results``: the DICOM objects made for a
+received bytes, written in the same transaction, so a sender is acknowledged only once its
+instance is on disk; kept ``retain_received_s`` after the job is finished (for the viewer
+to show the image), then purged by :meth:`purge_received`. ``results``: the DICOM objects made for a
 job (SEG, SR, GSPS). ``outbox``: one row per (result object, destination), delivered with
 retries until the receiver confirms.
 
@@ -38,6 +39,9 @@ MAX_BACKOFF_S = 600.0
 JOB_LEASE_S = 900.0
 DELIVERY_LEASE_S = 300.0
 
+#: job states after which nothing more is done with the received instance
+FINISHED_STATES = ("done", "refused", "failed")
+
 metadata = sa.MetaData()
 
 jobs = sa.Table(
@@ -65,7 +69,7 @@ job_data = sa.Table(
     "job_data",
     metadata,
     sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), primary_key=True),
-    sa.Column("data", sa.LargeBinary, nullable=False),  # deleted once the job is finished
+    sa.Column("data", sa.LargeBinary, nullable=False),  # purged after the retention period
 )
 
 results = sa.Table(
@@ -160,10 +164,15 @@ def backoff_s(attempts: int, first_s: float) -> float:
 
 
 class JobStore:
-    """Jobs, results and the outbox in one database (``url``: any SQLAlchemy URL)."""
+    """Jobs, results and the outbox in one database (``url``: any SQLAlchemy URL).
 
-    def __init__(self, url: str) -> None:
+    ``retain_received_s``: how long a finished job keeps its received instance (0: it is
+    deleted in the transaction that finishes the job).
+    """
+
+    def __init__(self, url: str, *, retain_received_s: float = 0.0) -> None:
         self.url = url
+        self.retain_received_s = retain_received_s
         parsed = sa.engine.make_url(url)
         # hide_parameters: error messages (which reach the log) never carry a UID
         if parsed.get_backend_name() == "sqlite":
@@ -307,13 +316,26 @@ class JobStore:
     def _exists(conn: Connection, table: sa.Table, column: Any, value: str) -> bool:
         return conn.execute(sa.select(column).where(column == value)).first() is not None
 
-    @staticmethod
-    def _close_job(conn: Connection, job_id: str, state: str, now: float, **values: Any) -> None:
+    def _close_job(
+        self, conn: Connection, job_id: str, state: str, now: float, **values: Any
+    ) -> None:
         conn.execute(
             sa.update(jobs).where(jobs.c.id == job_id)
             .values(state=state, updated_at=now, **values)
         )  # fmt: skip
-        conn.execute(sa.delete(job_data).where(job_data.c.job_id == job_id))
+        if self.retain_received_s <= 0:
+            conn.execute(sa.delete(job_data).where(job_data.c.job_id == job_id))
+
+    def purge_received(self, now: float | None = None) -> int:
+        """Delete the received instances of jobs finished over ``retain_received_s`` ago;
+        the number deleted."""
+        cutoff = (time.time() if now is None else now) - self.retain_received_s
+        finished = sa.select(jobs.c.id).where(
+            jobs.c.state.in_(FINISHED_STATES), jobs.c.updated_at < cutoff
+        )
+        with self.engine.begin() as conn:
+            deleted = conn.execute(sa.delete(job_data).where(job_data.c.job_id.in_(finished)))
+        return int(deleted.rowcount)
 
     # ------------------------------------------------------------------ delivery
     def due_deliveries(self, destinations: Sequence[str], limit: int = 16) -> list[Delivery]:
@@ -389,6 +411,24 @@ class JobStore:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         return None if row is None else self._with_objects(dict(row._mapping))
+
+    def recent_jobs(self, limit: int, state: str | None = None) -> list[dict[str, Any]]:
+        """The ``limit`` most recently received jobs (in ``state`` when given), newest
+        first, each with ``has_image`` (its received instance is still held)."""
+        held = sa.exists().where(job_data.c.job_id == jobs.c.id).label("has_image")
+        query = sa.select(jobs, held).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        if state is not None:
+            query = query.where(jobs.c.state == state)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def received(self, job_id: str) -> bytes | None:
+        """The instance as received, while it is held (see ``retain_received_s``)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(job_data.c.data).where(job_data.c.job_id == job_id)
+            ).scalar()
+        return None if value is None else bytes(value)
 
     def jobs_of_study(self, study_uid: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

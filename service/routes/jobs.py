@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from service.deps import RunnerDep
 from service.errors import NotFoundError
@@ -19,7 +19,9 @@ from service.routes.predict import ERRORS
 from service.schemas import (
     DeliveryOut,
     JobErrorOut,
+    JobListResponse,
     JobResponse,
+    JobSummary,
     PredictResponse,
     ResultObjectOut,
     StudyResultsResponse,
@@ -29,6 +31,7 @@ router = APIRouter(tags=["jobs"])
 
 UID = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 JobId = Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{32}$")]
+JobState = Literal["queued", "processing", "done", "refused", "failed"]
 
 
 def _when(seconds: float) -> datetime:
@@ -70,6 +73,46 @@ def job_response(row: dict[str, Any]) -> JobResponse:
             for d in row["deliveries"]
         ],
     )
+
+
+def job_summary(row: dict[str, Any]) -> JobSummary:
+    """The worklist's view of a store row (:meth:`service.pacs.store.JobStore.recent_jobs`)."""
+    summary = JobSummary(
+        job_id=row["id"],
+        state=row["state"],
+        source=row["source"],
+        sop_instance_uid=row["sop_instance_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        created_at=_when(row["created_at"]),
+        updated_at=_when(row["updated_at"]),
+        has_image=bool(row["has_image"]),
+    )
+    if row["state"] in ("refused", "failed") and row["error_code"]:
+        summary.error = JobErrorOut(code=row["error_code"], message=row["error_message"] or "")
+    if row["response_json"]:
+        result = PredictResponse.model_validate_json(row["response_json"])
+        summary.resolution = result.model.resolution
+        summary.probability = result.probability
+        summary.threshold = result.threshold
+        summary.positive = result.positive
+        summary.assessment = result.assessment.status
+        summary.reasons = [r.code for r in result.assessment.reasons]
+    return summary
+
+
+@router.get(
+    "/jobs",
+    response_model=JobListResponse,
+    responses=ERRORS,
+    summary="The worklist: the most recently received instances and their answers",
+)
+async def list_jobs(
+    runner: RunnerDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="at most this many")] = 100,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+) -> JobListResponse:
+    rows = await asyncio.to_thread(runner.store.recent_jobs, limit, state)
+    return JobListResponse(jobs=[job_summary(r) for r in rows])
 
 
 @router.get(

@@ -59,6 +59,9 @@ MaskFormat = Annotated[
     Literal["png", "rle"], Query(description="png: base64 1-bit PNG; rle: COCO RLE counts")
 ]
 Heatmap = Annotated[bool, Query(description="include a heatmap PNG over the image")]
+SaliencyMap = Annotated[
+    bool, Query(description="include the bare saliency as a grayscale PNG (for client overlays)")
+]
 Method = Annotated[
     str,
     Query(
@@ -93,6 +96,7 @@ def new_context(options: PredictOptions, settings: Settings) -> RequestContext:
 def predict_options(
     mask_format: MaskFormat = "png",
     heatmap: Heatmap = False,
+    saliency_map: SaliencyMap = False,
     method: Method = "gradcam",
     explain: Explain = True,
 ) -> PredictOptions:
@@ -100,6 +104,7 @@ def predict_options(
     return PredictOptions(
         mask_format="rle" if mask_format == "rle" else "png",
         heatmap=heatmap,
+        saliency_map=saliency_map,
         method=method.strip().lower(),
         explain=explain,
     )
@@ -149,7 +154,7 @@ async def predict(
 ) -> PredictResponse | Response:
     as_dicom = wants_dicom(request.headers.get("accept"))
     if as_dicom:  # the objects carry the mask themselves; RLE is the cheap encoding of it
-        options = replace(options, mask_format="rle", heatmap=False)
+        options = replace(options, mask_format="rle", heatmap=False, saliency_map=False)
     ctx = new_context(options, settings)
     models = pipeline.models([resolution], options.method)
     request.state.resolution_label = str(models[0].resolution)

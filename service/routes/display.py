@@ -1,0 +1,131 @@
+"""The image as the models see it, for the viewer (mounted under ``/v1``).
+
+``POST /v1/display`` (a DICOM upload, as for predict) and ``GET /v1/jobs/{job_id}/display``
+(an instance received by STOW-RS or C-STORE, while it is held) answer the service's own
+display chain (:mod:`imaging.display`: modality LUT, VOI, MONOCHROME1 inverted) in the
+original pixel grid, so that what a clinician looks at is what was assessed.
+
+The body is ``application/octet-stream``: ``rows x columns`` little-endian ``uint16``,
+row-major, row 0 at the top; ``value / 65535`` is the display value in ``[0, 1]``
+(higher = brighter). It is gzip-compressed (``Content-Encoding: gzip``) for clients that
+accept it. Headers say the geometry: ``X-Image-Rows``, ``X-Image-Columns``,
+``X-Pixel-Spacing-Mm`` (``row,column``; absent without one) and ``X-VOI`` (which VOI
+the chain applied). No gate runs: an image the gate refuses is shown all the same, beside
+the refusal. Pixels are patient data, so the answer says ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Request, Response
+
+from imaging.dicom import DecodedImage
+from service.deps import PipelineDep, RunnerDep, SettingsDep
+from service.errors import NotFoundError
+from service.pipeline import Pipeline
+from service.routes.predict import DICOM_BODY, ERRORS, request_deadline
+from service.upload import read_dicom_upload
+
+router = APIRouter(tags=["viewer"])
+
+JobId = Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{32}$")]
+
+#: gzip level: 1 packs a 12-bit 2048x2048 image about 2x in ~60 ms; higher levels cost
+#: several times that for a few percent
+GZIP_LEVEL = 1
+
+DISPLAY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "rows x columns little-endian uint16, row-major (value / 65535 = "
+        "display value, higher = brighter); gzip when accepted",
+        "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}},
+        "headers": {
+            "X-Image-Rows": {"schema": {"type": "integer"}},
+            "X-Image-Columns": {"schema": {"type": "integer"}},
+            "X-Pixel-Spacing-Mm": {"schema": {"type": "string"},
+                                   "description": "row,column spacing; absent without one"},
+            "X-VOI": {"schema": {"type": "string"},
+                      "description": "voi_lut_sequence | window | stored_range"},
+        },
+    },
+}  # fmt: skip
+
+
+def display_body(decoded: DecodedImage, gzipped: bool) -> bytes:
+    """The display pixels as little-endian uint16 bytes (gzip-compressed when asked)."""
+    codes = np.rint(decoded.pixels * 65535.0).astype("<u2")
+    raw = codes.tobytes()
+    return gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0) if gzipped else raw
+
+
+def accepts_gzip(request: Request) -> bool:
+    for item in request.headers.get("accept-encoding", "").lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip() == "gzip" and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+async def display_response(request: Request, pipeline: Pipeline, body: bytes) -> Response:
+    decoded = await pipeline.decode_only(body)
+    gzipped = accepts_gzip(request)
+    loop = asyncio.get_running_loop()
+    data = await loop.run_in_executor(pipeline.pool, display_body, decoded, gzipped)
+    facts = decoded.facts
+    headers = {
+        "X-Image-Rows": str(facts.rows),
+        "X-Image-Columns": str(facts.columns),
+        "X-VOI": str(facts.voi_source or ""),
+        "Cache-Control": "no-store",
+        "Vary": "Accept-Encoding",
+    }
+    if facts.pixel_spacing_mm is not None:
+        headers["X-Pixel-Spacing-Mm"] = ",".join(f"{v:g}" for v in facts.pixel_spacing_mm)
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+@router.post(
+    "/display",
+    response_class=Response,
+    responses=DISPLAY_RESPONSES,
+    openapi_extra=DICOM_BODY,
+    summary="The image through the service's display chain, in its own pixel grid",
+)
+async def display(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+    async with request_deadline(settings.request_timeout_s):
+        body = await read_dicom_upload(request, settings.max_upload_mb)
+        return await display_response(request, pipeline, body)
+
+
+@router.get(
+    "/jobs/{job_id}/display",
+    response_class=Response,
+    responses=DISPLAY_RESPONSES,
+    summary="A received instance through the display chain, while it is held",
+)
+async def job_display(
+    job_id: JobId,
+    request: Request,
+    pipeline: PipelineDep,
+    runner: RunnerDep,
+    settings: SettingsDep,
+) -> Response:
+    async with request_deadline(settings.request_timeout_s):
+        data = await asyncio.to_thread(runner.store.received, job_id)
+        if data is None:
+            known = await asyncio.to_thread(runner.store.job, job_id)
+            if known is None:
+                raise NotFoundError("no job with this id")
+            raise NotFoundError(
+                "this job's image is no longer held (SHARPCXR_RETAIN_RECEIVED_HOURS); "
+                "open it from the PACS"
+            )
+        return await display_response(request, pipeline, data)
