@@ -376,7 +376,10 @@ function toggle(id) {
 }
 
 function onKey(e) {
-  if (e.target.closest("input, select, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+  // letters act everywhere but in text fields; arrows stay with sliders and lists
+  const typing = e.target.closest("input:not([type=range]):not([type=checkbox]), select, textarea, dialog");
+  if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key.startsWith("Arrow") && e.target.closest("input, tr")) return;
   const pan = 0.1;
   const d = shared.display;
   const actions = {
