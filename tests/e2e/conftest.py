@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+# the viewer's browser fixtures (a real Chromium), for any end-to-end module
+from tests.e2e.browser import browser, viewer_tab  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -22,7 +22,7 @@ import pytest
 from imaging.dicom import read_dicom
 from service.pacs.related import encode_related
 from tests.conftest import SIIM_FILE, rewrite
-from tests.e2e.browser import VIEWPORT, browser, screenshot_dir, viewer_tab  # noqa: F401
+from tests.e2e.browser import VIEWPORT, screenshot_dir
 from tests.e2e.conftest import Server
 from tests.service.conftest import phantom, phantom_dicom
 
