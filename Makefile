@@ -6,7 +6,7 @@ RUN := $(UV) run --frozen
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help uv install serve test test-all models bench lint openapi study study-antialias loadtest contact-sheet clean
+.PHONY: help uv install serve test test-all models bench lint openapi study study-antialias loadtest contact-sheet screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: install  ## ruff + mypy (strict on imaging/ and service/)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+
+screenshots: install  ## redraw the viewer screenshots in docs/viewer/ (the browser tests, in Chromium)
+	SHARPCXR_SCREENSHOTS=docs/viewer $(RUN) pytest tests/e2e/test_viewer.py -q
 
 contact-sheet: install  ## redraw docs/contact_sheet.png from phantoms
 	$(RUN) python -m imaging.phantoms.contact_sheet docs/contact_sheet.png

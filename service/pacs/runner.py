@@ -149,8 +149,9 @@ class JobRunner:
             except Exception:
                 log.exception("the job store could not be read", extra={"code": "store_error"})
                 job = None
+            # every pass, busy or idle: under steady traffic there is never an idle one
+            await self._purge_if_due()
             if job is None:
-                await self._purge_if_due()
                 await _wait(self._jobs_ready, IDLE_POLL_S)
                 continue
             request_id_var.set(f"job-{job.id}")

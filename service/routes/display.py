@@ -65,9 +65,20 @@ def display_body(decoded: DecodedImage, gzipped: bool) -> bytes:
 
 
 def accepts_gzip(request: Request) -> bool:
+    """``Accept-Encoding`` names gzip with a non-zero quality (RFC 9110 12.5.3)."""
     for item in request.headers.get("accept-encoding", "").lower().split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip() == "gzip" and params.replace(" ", "") not in ("q=0", "q=0.0"):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding != "gzip":
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
             return True
     return False
 
@@ -86,7 +97,7 @@ async def display_response(request: Request, pipeline: Pipeline, body: bytes) ->
         "Vary": "Accept-Encoding",
     }
     if facts.pixel_spacing_mm is not None:
-        headers["X-Pixel-Spacing-Mm"] = ",".join(f"{v:g}" for v in facts.pixel_spacing_mm)
+        headers["X-Pixel-Spacing-Mm"] = ",".join(repr(float(v)) for v in facts.pixel_spacing_mm)
     if gzipped:
         headers["Content-Encoding"] = "gzip"
     return Response(data, media_type="application/octet-stream", headers=headers)
