@@ -33,6 +33,8 @@ log = logging.getLogger("sharpcxr.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: Endpoints whose traffic is not worth a log line per request at INFO level.
 QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+#: answers under these carry patient data (answers, pixels, UIDs): Cache-Control no-store
+PRIVATE_PREFIXES = ("/v1/", "/dicomweb/")
 
 
 def request_id_from(scope: Scope) -> str:
@@ -87,6 +89,7 @@ class ObservabilityMiddleware:
         status = 500
         response_started = False
         response_bytes = 0
+        private = str(scope.get("path", "")).startswith(PRIVATE_PREFIXES)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started, response_bytes
@@ -95,6 +98,9 @@ class ObservabilityMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if private and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    # answers about patients' images are never stored by browsers or proxies
+                    headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 response_bytes += len(message.get("body", b""))

@@ -41,6 +41,8 @@ DELIVERY_LEASE_S = 300.0
 
 #: job states after which nothing more is done with the received instance
 FINISHED_STATES = ("done", "refused", "failed")
+#: received instances deleted per transaction by :meth:`JobStore.purge_received`
+PURGE_BATCH = 100
 
 metadata = sa.MetaData()
 
@@ -56,7 +58,7 @@ jobs = sa.Table(
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("not_before", sa.Float, nullable=False, default=0.0),
-    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),  # the worklist's order
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("error_code", sa.String(64), nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
@@ -100,8 +102,6 @@ outbox = sa.Table(
     sa.Column("delivered_at", sa.Float, nullable=True),
     sa.UniqueConstraint("result_uid", "destination"),
 )  # fmt: skip
-
-FINISHED = ("done", "refused", "failed")
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # deleted received instances (patient data) are overwritten, not left in free pages
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
@@ -330,12 +332,22 @@ class JobStore:
         """Delete the received instances of jobs finished over ``retain_received_s`` ago;
         the number deleted."""
         cutoff = (time.time() if now is None else now) - self.retain_received_s
-        finished = sa.select(jobs.c.id).where(
-            jobs.c.state.in_(FINISHED_STATES), jobs.c.updated_at < cutoff
+        due = (
+            sa.select(job_data.c.job_id)
+            .join(jobs, jobs.c.id == job_data.c.job_id)
+            .where(jobs.c.state.in_(FINISHED_STATES), jobs.c.updated_at < cutoff)
+            .limit(PURGE_BATCH)
         )
-        with self.engine.begin() as conn:
-            deleted = conn.execute(sa.delete(job_data).where(job_data.c.job_id.in_(finished)))
-        return int(deleted.rowcount)
+        total = 0
+        # in short transactions: a long backlog never holds the write lock receivers need
+        while True:
+            with self.engine.begin() as conn:
+                ids = list(conn.execute(due).scalars())
+                if ids:
+                    conn.execute(sa.delete(job_data).where(job_data.c.job_id.in_(ids)))
+            total += len(ids)
+            if len(ids) < PURGE_BATCH:
+                return total
 
     # ------------------------------------------------------------------ delivery
     def due_deliveries(self, destinations: Sequence[str], limit: int = 16) -> list[Delivery]:

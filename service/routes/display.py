@@ -68,7 +68,7 @@ def accepts_gzip(request: Request) -> bool:
     """``Accept-Encoding`` names gzip with a non-zero quality (RFC 9110 12.5.3)."""
     for item in request.headers.get("accept-encoding", "").lower().split(","):
         coding, *params = (part.strip() for part in item.split(";"))
-        if coding != "gzip":
+        if coding not in ("gzip", "x-gzip", "*"):
             continue
         quality = 1.0
         for param in params:
@@ -92,10 +92,11 @@ async def display_response(request: Request, pipeline: Pipeline, body: bytes) ->
     headers = {
         "X-Image-Rows": str(facts.rows),
         "X-Image-Columns": str(facts.columns),
-        "X-VOI": str(facts.voi_source or ""),
         "Cache-Control": "no-store",
         "Vary": "Accept-Encoding",
     }
+    if facts.voi_source:
+        headers["X-VOI"] = str(facts.voi_source)
     if facts.pixel_spacing_mm is not None:
         headers["X-Pixel-Spacing-Mm"] = ",".join(repr(float(v)) for v in facts.pixel_spacing_mm)
     if gzipped:

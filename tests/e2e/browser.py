@@ -119,6 +119,9 @@ def viewer_tab(browser: Any) -> Iterator[Any]:
         tab = Viewer(page, base)
         page.on("request", lambda r: tab.requests.append(r.url))
         page.on("pageerror", lambda e: tab.errors.append(str(e)))
+        # a request the page's CSP blocked never reaches the network log: catch the report
+        page.on("console", lambda m: "Content Security Policy" in m.text
+                and tab.errors.append(m.text))  # fmt: skip
         tabs.append(tab)
         return tab
 

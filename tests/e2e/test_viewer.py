@@ -77,7 +77,11 @@ def test_a_positive_phantom_shows_its_probability_and_the_box_where_the_response
     assert body["positive"] is True and body["boxes"], "the phantom should be a clear positive"
     assert f"{body['probability'] * 100:.1f} %" in tab.page.inner_text("#probability")
     assert "positive" in tab.page.inner_text("#decision")
-    assert body["model"]["intended_use"] in tab.page.inner_text("#model-card")
+    card = tab.page.locator("#model-card")
+    assert body["model"]["intended_use"] in card.inner_text()
+    # read in full: not clipped, not overflowing (inner_text alone would not tell)
+    assert card.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight")
+    assert card.bounding_box()["x"] + card.bounding_box()["width"] <= VIEWPORT["width"]
     tab.page.screenshot(path=str(screenshot_dir(tmp_path) / "viewer-single.png"))
 
     pixels = tab.canvas_pixels()
@@ -251,7 +255,7 @@ def test_layout_fits_a_laptop_screen_and_passes_axe(
         "#probability",
         ".panel canvas",
         "#trust-banner",
-        "#file-input + .hint",
+        ".left .hint",
         "#window-width",
         "#heat-opacity",
     ):
@@ -343,3 +347,41 @@ def test_the_worklist_lists_received_instances_and_opens_them(
     tab.settle()
     assert tab.canvas_pixels()[..., 0].std() > 10
     tab.page.screenshot(path=str(screenshot_dir(tmp_path) / "viewer-worklist.png"))
+
+
+#: the first predict and display answers reach the page late (the page's own fetch, wrapped)
+DELAY_FIRST = """
+const realFetch = window.fetch.bind(window);
+const delayed = new Set();
+window.fetch = async (url, init) => {
+  const response = await realFetch(url, init);
+  const kind = String(url).split("?")[0];
+  if ((kind.endsWith("/v1/predict") || kind.endsWith("/v1/display")) && !delayed.has(kind)) {
+    delayed.add(kind);
+    await new Promise((done) => setTimeout(done, 2500));
+  }
+  return response;
+};
+"""
+
+
+def test_a_late_answer_never_replaces_a_newer_study(
+    server: Server, viewer_tab: Any, files: dict[str, Path]
+) -> None:
+    tab = viewer_tab(server.url)
+    tab.page.add_init_script(DELAY_FIRST)
+    tab.open()
+    tab.page.fill("#window-width", "0.3")
+    tab.page.set_input_files("#file-input", str(files["positive"]))  # answered late
+    time.sleep(0.3)
+    tab.page.set_input_files("#file-input", str(files["real"]))  # opened second, answered first
+    real = httpx.post(server.url + "/v1/predict", content=files["real"].read_bytes(),
+                      headers={"Content-Type": "application/dicom"}, timeout=60).json()  # fmt: skip
+    tab.page.wait_for_selector("#trust-banner:not([hidden])")
+    time.sleep(3.5)  # the first study's answers have arrived by now
+    assert "not assessable" in tab.page.inner_text("#decision")
+    assert f"{real['probability'] * 100:.1f} %" in tab.page.inner_text("#probability")
+    size = f"{real['image']['columns']} × {real['image']['rows']} px"
+    assert size in tab.page.inner_text("#image-facts")
+    # and the new image opened as assessed, whatever the window was before
+    assert float(tab.page.input_value("#window-width")) == 1.0

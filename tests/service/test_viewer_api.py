@@ -363,3 +363,31 @@ def test_store_keeps_finished_instances_for_the_retention_only(tmp_path: Path) -
     job = store.job(finished)
     assert job is not None and job["state"] == "done"
     store.close()
+
+
+def test_purge_goes_in_batches_and_covers_refused_and_failed_jobs(tmp_path: Path) -> None:
+    from service.pacs.store import PURGE_BATCH
+
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}", retain_received_s=60)
+    count = PURGE_BATCH * 2 + 7
+    ids = [store.add(new_job(f"2.{i}"))[0] for i in range(count)]
+    for i, job_id in enumerate(ids):
+        claimed = store.claim()
+        assert claimed is not None and claimed.id == job_id
+        if i % 3 == 0:
+            store.refuse(job_id, "not_chest", "not a chest")
+        elif i % 3 == 1:
+            store.refuse(job_id, "job_failed", "failed", failed=True)
+        else:
+            store.finish(job_id, response_json=None, objects=[], destinations=[])
+    assert store.purge_received(now=time.time() + 120) == count
+    assert all(store.received(job_id) is None for job_id in ids)
+    store.close()
+
+
+def test_answers_about_images_are_never_cached(viewer_client: TestClient) -> None:
+    predicted = viewer_client.post("/v1/predict", content=phantom_dicom(phantom(0, size=256)),
+                                   headers=DICOM)  # fmt: skip
+    assert predicted.status_code == 200 and predicted.headers["cache-control"] == "no-store"
+    assert viewer_client.get("/v1/jobs").headers["cache-control"] == "no-store"
+    assert "no-store" not in viewer_client.get("/healthz").headers.get("cache-control", "")

@@ -1,5 +1,6 @@
 // The service's HTTP API, as the viewer uses it. Same origin only (the page's CSP allows
-// nothing else). The API key lives in sessionStorage: it is gone when the tab closes.
+// nothing else). The API key lives in sessionStorage: this tab only (never a cookie or
+// localStorage, never in a URL); the browser drops it with the tab's session.
 
 const KEY = "sharpcxr.apiKey";
 

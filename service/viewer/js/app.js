@@ -26,6 +26,10 @@ let defaultResolution = null;
 let current = { bytes: null, jobId: null, results: [], compare: false };
 let windowFrame = 0;
 let busy = 0;
+// Every open (file, worklist row, resolution, compare) takes a new generation; an answer
+// that arrives after a newer open began is dropped, so one study's image and answer are
+// never shown with another's.
+let generation = 0;
 
 // ------------------------------------------------------------------ messages
 function escapeHtml(text) {
@@ -63,7 +67,7 @@ function showModelCard(model) {
     card.textContent = "No model information.";
     return;
   }
-  card.innerHTML = `Model <strong>${escapeHtml(model.name)}</strong> v${escapeHtml(model.version)} · ${model.resolution} px · ` +
+  card.innerHTML = `Model <strong>${escapeHtml(model.name)}</strong> v${escapeHtml(model.version)} · ${Number(model.resolution)} px · ` +
     `${escapeHtml(model.backend)} · <strong class="use">${escapeHtml(model.intended_use)}</strong>`;
   card.title = model.intended_use;
 }
@@ -75,7 +79,7 @@ async function loadModels() {
     defaultResolution = info.default_resolution;
     const select = $("resolution");
     select.innerHTML = models
-      .map((m) => `<option value="${m.resolution}"${m.resolution === defaultResolution ? " selected" : ""}>${m.resolution} px</option>`)
+      .map((m) => `<option value="${Number(m.resolution)}"${m.resolution === defaultResolution ? " selected" : ""}>${Number(m.resolution)} px</option>`)
       .join("");
     showModelCard(modelFor(defaultResolution));
     showError(null);
@@ -105,7 +109,7 @@ function setWindow(center, width) {
 
 // ------------------------------------------------------------------ panels
 function panelHead(result) {
-  const r = result.model.resolution;
+  const r = Number(result.model.resolution);
   const t = result.timings_ms;
   const decision = result.assessment.status === "not_assessable"
     ? '<span class="na">not assessable</span>'
@@ -123,9 +127,8 @@ function layoutPanels(count) {
   for (let i = 0; i < Math.max(1, count); i++) panels.push(new Panel(box, shared, ""));
 }
 
-async function showResults(results) {
-  current.results = results;
-  layoutPanels(results.length || 1);
+/** Image and answers of one open, unless a newer open began meanwhile (then false). */
+async function showResults(results, gen, display) {
   const layers = await Promise.all(results.map(async (r) => {
     const s = r.saliency;
     const [heat, mask] = await Promise.all([
@@ -134,12 +137,18 @@ async function showResults(results) {
     ]);
     return { heat, mask };
   }));
+  if (gen !== generation) return false;
+  // from here on synchronous: nothing else can run in between
+  setDisplay(display);
+  current.results = results;
+  layoutPanels(results.length || 1);
   results.forEach((r, i) => panels[i].setEvidence(r, layers[i].heat, layers[i].mask, panelHead(r)));
   if (!results.length) panels[0].setEvidence(null, null, null, "image only: no answer");
   const heatAvailable = layers.some((l) => l.heat);
   $("heat-opacity").disabled = !heatAvailable;
   $("heat-opacity").title = heatAvailable ? "" : "no saliency map for this result (worklist results carry the mask only)";
   showAnswer(results);
+  return true;
 }
 
 function showAnswer(results) {
@@ -162,7 +171,7 @@ function showAnswer(results) {
   $("server-time").textContent = `${main.timings_ms.total.toFixed(0)} ms at ${main.model.resolution} px`;
   const body = $("boxes").querySelector("tbody");
   body.innerHTML = main.boxes
-    .map((b, i) => `<tr><td>${i + 1}</td><td>${b.score.toFixed(2)}</td><td>${b.area_mm2 != null ? `${b.area_mm2.toFixed(0)} mm²` : `${b.area_px} px`}</td></tr>`)
+    .map((b, i) => `<tr><td>${i + 1}</td><td>${b.score.toFixed(2)}</td><td>${b.area_mm2 != null ? `${b.area_mm2.toFixed(0)} mm²` : `${Number(b.area_px)} px`}</td></tr>`)
     .join("");
   $("no-boxes").hidden = main.boxes.length > 0;
   showImageFacts(main.image);
@@ -183,7 +192,7 @@ function showTrust(results) {
     reasons.set(x.code, seen);
   }));
   const items = [...reasons.entries()]
-    .map(([code, x]) => `<li><code>${escapeHtml(code)}</code>: ${escapeHtml(x.message)}${results.length > 1 ? ` (${x.at.join(", ")})` : ""}</li>`)
+    .map(([code, x]) => `<li><code>${escapeHtml(code)}</code>: ${escapeHtml(x.message)}${results.length > 1 ? ` (${escapeHtml(x.at.join(", "))})` : ""}</li>`)
     .join("");
   banner.innerHTML = `<strong>Not assessable: this answer means nothing for this image.</strong><ul>${items}</ul>`;
   banner.hidden = false;
@@ -220,6 +229,8 @@ function resetView() {
 
 function setDisplay(display) {
   shared.display = display;
+  // a new image opens as assessed: the window of the previous one does not carry over
+  setWindow(AS_ASSESSED.center, AS_ASSESSED.width);
   shared.windowCanvas = display ? renderWindow(display, shared.win.center, shared.win.width) : null;
   resetView();
 }
@@ -240,42 +251,56 @@ async function openBytes(bytes) {
 /** Display and answer(s) of current.bytes, in parallel; each failure shown as the service said. */
 async function assess() {
   if (!current.bytes) return;
+  const gen = ++generation;
+  const bytes = current.bytes;
   showError(null);
   clearAnswer();
   setBusy(1);
   try {
     const answer = current.compare
-      ? api.compare(current.bytes, models.map((m) => m.resolution))
-      : api.predict(current.bytes, Number($("resolution").value) || undefined).then((r) => [r]);
-    const [display, results] = await Promise.allSettled([api.displayOf(current.bytes), answer]);
-    setDisplay(display.status === "fulfilled" ? display.value : null);
-    await showResults(results.status === "fulfilled" ? results.value : []);
+      ? api.compare(bytes, models.map((m) => m.resolution))
+      : api.predict(bytes, Number($("resolution").value) || undefined).then((r) => [r]);
+    const [display, results] = await Promise.allSettled([api.displayOf(bytes), answer]);
     const failure = results.status === "rejected" ? results.reason : display.status === "rejected" ? display.reason : null;
-    if (failure) showError(failure);
-    if (!shared.display) {
-      panels.forEach((p) => p.destroy());
-      panels = [];
-      $("empty").hidden = false;
-    }
+    await present(gen, display.status === "fulfilled" ? display.value : null,
+      results.status === "fulfilled" ? results.value : [], failure);
+  } catch (err) {
+    if (gen === generation) showError({ message: `The answer could not be shown: ${err.message}` });
   } finally {
     setBusy(-1);
   }
 }
 
+/** Show one open's image, answers and error, unless a newer open began meanwhile. */
+async function present(gen, display, results, failure) {
+  if (gen !== generation) return;
+  if (!(await showResults(results, gen, display))) return;
+  if (failure) showError(failure);
+  if (!display) {
+    panels.forEach((p) => p.destroy());
+    panels = [];
+    $("empty").hidden = false;
+  }
+}
+
 async function openJob(jobId) {
+  const gen = ++generation;
   showError(null);
   clearAnswer();
   setBusy(1);
-  current = { ...current, bytes: null, jobId, compare: false };
+  current = { ...current, bytes: null, jobId };
+  setCompare(false);
   try {
     const [job, display] = await Promise.allSettled([api.job(jobId), api.jobDisplay(jobId)]);
-    setDisplay(display.status === "fulfilled" ? display.value : null);
     const results = job.status === "fulfilled" && job.value.result ? [job.value.result] : [];
-    await showResults(results);
-    if (job.status === "rejected") showError(job.reason);
-    else if (job.value.error) showError({ code: job.value.error.code, message: job.value.error.message });
-    else if (!job.value.result) showError({ message: `This instance is ${job.value.state}; its answer is not ready yet.` });
-    else if (display.status === "rejected") showError(display.reason);
+    let failure = null;
+    if (job.status === "rejected") failure = job.reason;
+    else if (job.value.error) failure = { code: job.value.error.code, message: job.value.error.message };
+    else if (!job.value.result) failure = { message: `This instance is ${job.value.state}; its answer is not ready yet.` };
+    else if (display.status === "rejected") failure = display.reason;
+    await present(gen, display.status === "fulfilled" ? display.value : null, results, failure);
+  } catch (err) {
+    if (gen === generation) showError({ message: `The answer could not be shown: ${err.message}` });
   } finally {
     setBusy(-1);
   }
@@ -291,10 +316,15 @@ async function toggleCompare() {
     showError({ message: "Comparing resolutions needs the file itself: open it from disk." });
     return;
   }
-  current.compare = !current.compare;
-  $("compare-button").setAttribute("aria-pressed", String(current.compare));
-  $("compare-button").textContent = current.compare ? "Single resolution" : "Compare resolutions";
+  setCompare(!current.compare);
   await assess();
+}
+
+function setCompare(on) {
+  current.compare = on;
+  const button = $("compare-button");
+  button.setAttribute("aria-pressed", String(on));
+  button.innerHTML = `${on ? "Single resolution" : "Compare resolutions"} <kbd>C</kbd>`;
 }
 
 // ------------------------------------------------------------------ worklist
@@ -305,13 +335,25 @@ function summary(job) {
   return "";
 }
 
+let worklistRound = 0;
+
 async function refreshWorklist() {
   const state = $("worklist-state");
+  const round = ++worklistRound;
   try {
     const list = await api.jobs(50);
+    if (round !== worklistRound) return; // a newer refresh is on its way
     const body = $("worklist").querySelector("tbody");
-    body.innerHTML = list.map((j) => `<tr tabindex="0" data-job="${escapeHtml(j.job_id)}"${j.job_id === current.jobId ? ' aria-selected="true"' : ""}>` +
-      `<td>${escapeHtml(new Date(j.created_at).toLocaleTimeString())}</td><td>${escapeHtml(j.state)}</td><td>${escapeHtml(summary(j))}</td></tr>`).join("");
+    const focused = document.activeElement && document.activeElement.closest("#worklist tr[data-job]");
+    const focusedJob = focused ? focused.dataset.job : null;
+    const when = (t) => new Date(t).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    body.innerHTML = list.map((j) => `<tr tabindex="0" data-job="${escapeHtml(j.job_id)}" title="Study ${escapeHtml(j.study_instance_uid)}"` +
+      `${j.job_id === current.jobId ? ' aria-selected="true"' : ""}>` +
+      `<td>${escapeHtml(when(j.created_at))}</td><td>${escapeHtml(j.state)}</td><td>${escapeHtml(summary(j))}${j.has_image ? "" : " (no image)"}</td></tr>`).join("");
+    if (focusedJob) {
+      const again = body.querySelector(`tr[data-job="${CSS.escape(focusedJob)}"]`);
+      if (again) again.focus();
+    }
     state.textContent = list.length ? `${list.length} received (newest first).` : "Nothing received yet by DICOMweb (STOW-RS) or C-STORE.";
   } catch (err) {
     state.textContent = `Worklist unavailable: ${err.message}`;
@@ -322,9 +364,9 @@ async function refreshWorklist() {
 function bind() {
   $("file-input").addEventListener("change", (e) => openFile(e.target.files[0]));
   $("resolution").addEventListener("change", () => {
-    showModelCard(modelFor(Number($("resolution").value)));
-    if (!current.compare) assess();
-    else showAnswer(current.results);
+    if (current.bytes && !current.compare) assess();
+    else if (current.results.length) showAnswer(current.results);
+    else showModelCard(modelFor(Number($("resolution").value)));
   });
   $("compare-button").addEventListener("click", toggleCompare);
   $("key-form").addEventListener("submit", (e) => {
@@ -411,6 +453,9 @@ function onKey(e) {
 }
 
 function bindDrop() {
+  // a file dropped anywhere else must not make the browser leave the page to open it
+  document.addEventListener("dragover", (e) => e.preventDefault());
+  document.addEventListener("drop", (e) => e.preventDefault());
   const stage = $("stage");
   const hint = $("drop-hint");
   let depth = 0;
@@ -419,14 +464,25 @@ function bindDrop() {
   stage.addEventListener("dragleave", () => { depth = Math.max(0, depth - 1); if (!depth) hint.hidden = true; });
   stage.addEventListener("drop", (e) => {
     e.preventDefault();
+    e.stopPropagation();
     depth = 0;
     hint.hidden = true;
     openFile(e.dataTransfer.files[0]);
   });
 }
 
+/** Canvases follow the device pixel ratio (a window moved to another screen). */
+function watchPixelRatio() {
+  const query = matchMedia(`(resolution: ${window.devicePixelRatio}dppx)`);
+  query.addEventListener("change", () => {
+    panels.forEach((p) => p.resize());
+    watchPixelRatio();
+  }, { once: true });
+}
+
 async function main() {
   bind();
+  watchPixelRatio();
   setWindow(AS_ASSESSED.center, AS_ASSESSED.width);
   $("heat-opacity-value").textContent = shared.show.heat.toFixed(2);
   $("key-state").textContent = api.apiKey() ? "A key is set for this tab." : "No key set.";

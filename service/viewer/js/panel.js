@@ -131,6 +131,9 @@ export class Panel {
     ctx.lineWidth = 2 * dpr;
     ctx.font = `${12 * dpr}px "DejaVu Sans", sans-serif`;
     ctx.textBaseline = "top";
+    // a result that is not assessable keeps its evidence visible but dashed: it means nothing
+    const dashed = this.result.assessment.status === "not_assessable";
+    ctx.setLineDash(dashed ? [6 * dpr, 4 * dpr] : []);
     this.result.boxes.forEach((box, i) => {
       // inclusive pixel corners: the box covers [x_min, x_max + 1) x [y_min, y_max + 1)
       const x0 = Math.round(t.tx + box.x_min * t.scale);
@@ -144,11 +147,13 @@ export class Panel {
       const w = ctx.measureText(label).width + 8 * dpr;
       const h = 16 * dpr;
       const ly = y0 - h - 2 * dpr >= 0 ? y0 - h - 2 * dpr : y0 + 2 * dpr;
+      const lx = Math.max(0, Math.min(x0, this.canvas.width - w)); // kept on the canvas
       ctx.fillStyle = "rgba(0, 0, 0, 0.75)";
-      ctx.fillRect(x0, ly, w, h);
+      ctx.fillRect(lx, ly, w, h);
       ctx.fillStyle = "#fff";
-      ctx.fillText(label, x0 + 4 * dpr, ly + 2 * dpr);
+      ctx.fillText(label, lx + 4 * dpr, ly + 2 * dpr);
     });
+    ctx.setLineDash([]);
   }
 
   /** A bar of a round length in mm, when the header gives the pixel spacing. */
@@ -157,8 +162,10 @@ export class Panel {
     if (!spacing) return;
     const dpr = window.devicePixelRatio || 1;
     const pxPerMm = t.scale / spacing[1];
-    const mm = [5, 10, 20, 50, 100, 200].find((v) => v * pxPerMm >= 60 * dpr) || 200;
+    const steps = [1, 2, 5, 10, 20, 50, 100, 200];
+    const mm = steps.find((v) => v * pxPerMm >= 60 * dpr) || 200;
     const len = mm * pxPerMm;
+    if (len > this.canvas.width - 32 * dpr) return; // magnified past any round length
     const x = 12 * dpr;
     const y = this.canvas.height - 14 * dpr;
     ctx.fillStyle = "rgba(0, 0, 0, 0.6)";
@@ -207,9 +214,14 @@ export class Panel {
     c.addEventListener("wheel", (e) => {
       if (!this.shared.display) return;
       e.preventDefault();
+      if (!e.deltaY) return; // a horizontal scroll is not a zoom
       const dpr = window.devicePixelRatio || 1;
       const r = c.getBoundingClientRect();
-      this.zoomAt((e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr, e.deltaY < 0 ? 1.25 : 0.8);
+      // proportional to the scroll (a trackpad's small steps zoom gently), one wheel notch
+      // (~100 px) = x1.25 either way
+      const lines = e.deltaMode === 1 ? e.deltaY * 33 : e.deltaY;
+      const factor = Math.pow(1.25, Math.max(-3, Math.min(3, -lines / 100)));
+      this.zoomAt((e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr, factor);
     }, { passive: false });
   }
 
