@@ -90,14 +90,14 @@ async function loadModels() {
 }
 
 // ------------------------------------------------------------------ window
-function setWindow(center, width) {
+function setWindow(center, width, render = true) {
   shared.win.center = Math.min(1, Math.max(0, center));
   shared.win.width = Math.min(1, Math.max(0.01, width));
   $("window-center").value = String(shared.win.center);
   $("window-width").value = String(shared.win.width);
   $("window-center-value").textContent = shared.win.center.toFixed(3);
   $("window-width-value").textContent = shared.win.width.toFixed(3);
-  if (!windowFrame) {
+  if (render && !windowFrame) {
     windowFrame = requestAnimationFrame(() => {
       windowFrame = 0;
       if (!shared.display) return;
@@ -230,7 +230,7 @@ function resetView() {
 function setDisplay(display) {
   shared.display = display;
   // a new image opens as assessed: the window of the previous one does not carry over
-  setWindow(AS_ASSESSED.center, AS_ASSESSED.width);
+  setWindow(AS_ASSESSED.center, AS_ASSESSED.width, false); // rendered just below
   shared.windowCanvas = display ? renderWindow(display, shared.win.center, shared.win.width) : null;
   resetView();
 }
