@@ -84,6 +84,12 @@ class Viewer:
             self.page.set_input_files("#file-input", str(path))
         return info.value
 
+    def answer(self, path: Path) -> Any:
+        """Open ``path`` and wait until its answer is shown; the service's predict response."""
+        response = self.upload(path)
+        self.page.wait_for_selector("#answer-body:not([hidden])")
+        return response
+
     def canvas_pixels(self, index: int = 0) -> np.ndarray[Any, Any]:
         """The ``index``-th panel's canvas as uint8 RGBA ``(height, width, 4)``."""
         data = self.page.evaluate(

@@ -69,9 +69,7 @@ def test_a_positive_phantom_shows_its_probability_and_the_box_where_the_response
 ) -> None:
     tab = viewer_tab(server.url)
     tab.open()
-    response = tab.upload(files["positive"])
-    body = response.json()
-    tab.page.wait_for_selector("#answer-body:not([hidden])")
+    body = tab.answer(files["positive"]).json()
     tab.page.wait_for_function("document.querySelector('.panel-head').textContent.length > 0")
     tab.settle()
     assert body["positive"] is True and body["boxes"], "the phantom should be a clear positive"
@@ -120,8 +118,7 @@ def test_the_canvas_shows_the_service_display_chain_pixel_for_pixel(
 ) -> None:
     tab = viewer_tab(server.url)
     tab.open()
-    tab.upload(files["positive"])
-    tab.page.wait_for_selector("#answer-body:not([hidden])")
+    tab.answer(files["positive"])
     for key in ("h", "m", "b", "+", "+"):  # overlays off; zoom past 1:1 (no smoothing)
         tab.page.keyboard.press(key)
     tab.settle()
@@ -151,8 +148,7 @@ def test_compare_shows_one_panel_per_resolution_kept_in_step(
 ) -> None:
     tab = viewer_tab(server.url)
     tab.open()
-    tab.upload(files["positive"])
-    tab.page.wait_for_selector("#answer-body:not([hidden])")
+    tab.answer(files["positive"])
     with tab.page.expect_response(lambda r: "/v1/compare" in r.url) as info:
         tab.page.keyboard.press("c")
     results = info.value.json()["results"]
@@ -244,8 +240,7 @@ def test_layout_fits_a_laptop_screen_and_passes_axe(
 
     tab = viewer_tab(server.url)
     tab.open()
-    tab.upload(files["real"])
-    tab.page.wait_for_selector("#answer-body:not([hidden])")
+    tab.answer(files["real"])
     size = tab.page.evaluate("() => [document.documentElement.scrollWidth, "
                              "document.documentElement.scrollHeight]")  # fmt: skip
     assert size[0] <= VIEWPORT["width"] and size[1] <= VIEWPORT["height"]
@@ -269,8 +264,7 @@ def test_layout_fits_a_laptop_screen_and_passes_axe(
 def test_keyboard_shortcuts(server: Server, viewer_tab: Any, files: dict[str, Path]) -> None:
     tab = viewer_tab(server.url)
     tab.open()
-    tab.upload(files["positive"])
-    tab.page.wait_for_selector("#answer-body:not([hidden])")
+    tab.answer(files["positive"])
     tab.page.keyboard.press("b")
     assert not tab.page.is_checked("#show-boxes")
     tab.page.keyboard.press("m")
