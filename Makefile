@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
-RUN := $(UV) run --frozen
+# the full development install: CPU ONNX Runtime, the training stack and the dev group.
+# The serving install is smaller (no torch): `uv sync --frozen --no-dev --extra cpu`.
+EXTRAS ?= --extra cpu --extra train
+RUN := $(UV) run --frozen $(EXTRAS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -16,7 +19,7 @@ uv:  ## make sure uv is available (pip-installs it when missing)
 	@$(UV) --version
 
 install: uv  ## create .venv from uv.lock (frozen: the lock is the truth)
-	@$(UV) sync --frozen
+	@$(UV) sync --frozen $(EXTRAS)
 
 test: install  ## run the default test suite (no slow, no gpu)
 	$(RUN) pytest

@@ -11,6 +11,7 @@ report ready.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -147,11 +148,37 @@ def build_backend(path: Path, resolution: int, settings: Settings) -> InferenceB
     return TensorRTBackend(path, resolution)
 
 
+# The Python packages each backend imports, and the install that brings them (issue #14:
+# the base install carries no inference runtime; the `cpu` or `gpu` extra adds one).
+RUNTIME_PACKAGES: dict[Backend, tuple[tuple[str, str], ...]] = {
+    Backend.ONNXRUNTIME: (
+        ("onnxruntime", "`pip install 'sharpcxr[cpu]'` (or `[gpu]`; uv: `uv sync --extra cpu`)"),
+    ),
+    Backend.TORCH: (
+        ("torch", "`pip install 'sharpcxr[train]'` (uv: `uv sync --extra train`)"),
+        ("pytorch_grad_cam", "`pip install 'sharpcxr[train]'` (uv: `uv sync --extra train`)"),
+    ),
+    Backend.TENSORRT: (("torch", "`pip install 'sharpcxr[gpu]'` (uv: `uv sync --extra gpu`)"),),
+}
+
+
+def check_runtime_installed(backend: Backend) -> None:
+    """Raise :class:`ModelFileError` naming the extra to install when ``backend``'s runtime
+    package is missing (found without importing it)."""
+    for module, install in RUNTIME_PACKAGES[backend]:
+        if importlib.util.find_spec(module) is None:
+            raise ModelFileError(
+                f"SHARPCXR_BACKEND={backend.value} needs the Python package {module!r}, which "
+                f"is not installed: {install}"
+            )
+
+
 def preflight(settings: Settings) -> None:
-    """Check the manifest and every file the service would load (existence and sha256)
-    without loading anything; raises :class:`ModelFileError`. ``serve`` runs it before
-    starting the server, so that a bad model directory is one clear line, not a start-up
-    traceback."""
+    """Check the backend's runtime package, the manifest and every file the service would
+    load (existence and sha256) without loading anything; raises :class:`ModelFileError`.
+    ``serve`` runs it before starting the server, so that a bad install or model directory
+    is one clear line, not a start-up traceback."""
+    check_runtime_installed(settings.backend)
     for entry in select_entries(settings).values():
         _files(entry, settings)
 
@@ -187,6 +214,7 @@ def _load(entry: ManifestEntry, settings: Settings) -> ServedModel:
 
 def load_registry(settings: Settings) -> Registry:
     """Load, verify and warm every configured model; raises :class:`ModelFileError`."""
+    check_runtime_installed(settings.backend)
     entries = select_entries(settings)
     default = settings.default_resolution
     if default is not None and default not in entries:
