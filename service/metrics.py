@@ -75,6 +75,13 @@ class Metrics:
             ["resolution", "name", "version", "backend"],
             registry=r,
         )
+        # A gauge beside /readyz so that Prometheus, which scrapes /metrics and not
+        # /readyz, can alert on a process that is up but does not admit requests.
+        self.ready = Gauge(
+            "sharpcxr_ready",
+            "1 when the service admits requests (models loaded), else 0",
+            registry=r,
+        )
 
         self.jobs = Counter(
             "sharpcxr_jobs",

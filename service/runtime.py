@@ -81,6 +81,7 @@ class ServiceRuntime:
         await self._start_pacs()
         self.ready = True
         self.detail = "ready"
+        self.metrics.ready.set(1)
         log.info(
             "service ready",
             extra={
@@ -135,6 +136,7 @@ class ServiceRuntime:
     async def stop(self) -> None:
         self.ready = False
         self.detail = "shutting down"
+        self.metrics.ready.set(0)
         # Intake first (nothing new accepted), then the workers (an unfinished job stays
         # in the store and is done after the restart), then what they used.
         if self.scp is not None:

@@ -157,6 +157,54 @@ def _run_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port)
 
 
+def _add_triton_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "triton-export",
+        help="write a Triton model repository (config.pbtxt + model.onnx per resolution)",
+        description=(
+            "One Triton model sharpcxr_<R> per resolution of MODELS_DIR/manifest.json: "
+            "config.pbtxt (onnxruntime_onnx, dynamic batching) and 1/model.onnx, after "
+            "checking each file's sha256 and its graph against the manifest. Exits 1 with a "
+            "one-line reason when a model is refused or a model folder exists (see --force)."
+        ),
+    )
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="default: models")
+    p.add_argument("--out", type=Path, default=Path("triton_repo"), help="default: triton_repo")
+    p.add_argument("--max-batch-size", type=int, default=8, help="default: 8, as the service")
+    p.add_argument(
+        "--max-queue-delay-us", type=int, default=5000, help="default: 5000, as the service"
+    )
+    p.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
+    p.add_argument("--gpu", action="store_true", help="KIND_GPU instances (default KIND_CPU)")
+    p.add_argument("--link", action="store_true", help="hard-link model.onnx instead of copying")
+    p.add_argument("--force", action="store_true", help="replace existing model folders")
+    p.set_defaults(handler=_run_triton_export)
+
+
+def _run_triton_export(args: argparse.Namespace) -> int:
+    from cxrmodel.manifest import ModelFileError
+    from sharpcxr.triton import export_triton_repository
+
+    try:
+        written = export_triton_repository(
+            args.models_dir,
+            args.out,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            instance_count=args.instances,
+            kind="KIND_GPU" if args.gpu else "KIND_CPU",
+            link=args.link,
+            force=args.force,
+        )
+    except (ModelFileError, FileExistsError, ValueError) as exc:
+        print(f"sharpcxr triton-export: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    for path in written:
+        print(path)
+    print(f"sharpcxr triton-export: see {args.out / 'README.md'}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharpcxr", description="Resolution-aware chest X-ray AI (see README.md)."
@@ -169,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_study(sub)
     _add_serve(sub)
+    _add_triton_export(sub)
     return parser
 
 
