@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -272,6 +274,9 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "image": {"rows": args.size, "columns": args.size, "bits_stored": BITS_STORED},
         "requests_per_step": args.requests,
         "explain": args.explain,
+        # the service's cores, for the cost report (cost per core-hour): this machine's when
+        # the service is on loopback (clients and service then share them), else --cores
+        "cores": args.cores,
         "rows": rows,
     }
 
@@ -297,7 +302,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=None, help="sent as X-API-Key")
     p.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", type=Path, default=Path("load_tests/results/sweep.json"))
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="the service's CPU cores (default: this machine's when --url is loopback)",
+    )
     args = p.parse_args(argv)
+    if args.cores is None and urlsplit(args.url).hostname in ("127.0.0.1", "localhost", "::1"):
+        args.cores = os.cpu_count()
     if args.requests < 1 or args.size < 32 or args.warmup < 0:
         p.error("--requests >= 1, --size >= 32 and --warmup >= 0 please")
     return args

@@ -62,6 +62,14 @@ class Metrics:
             ["resolution"],
             registry=r,
         )
+        # The limit beside the depth, so alerts and dashboards read the service's own
+        # MAX_QUEUE instead of a copy that can drift from it.
+        self.queue_capacity = Gauge(
+            "sharpcxr_queue_capacity",
+            "Requests that may wait for inference before 503 overloaded (MAX_QUEUE)",
+            ["resolution"],
+            registry=r,
+        )
         self.assessments = Counter(
             "sharpcxr_assessments",
             "Answers by assessment status (assessed, not_assessable, refused) and reason "

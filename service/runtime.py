@@ -65,6 +65,7 @@ class ServiceRuntime:
             batcher.start()
             self.batchers[model.resolution] = batcher
             self.metrics.queue_depth.labels(str(model.resolution)).set(0)
+            self.metrics.queue_capacity.labels(str(model.resolution)).set(s.max_queue)
             self.metrics.model_info.labels(
                 str(model.resolution), model.entry.name, model.entry.version, model.backend.name
             ).set(1)

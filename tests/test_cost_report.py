@@ -28,7 +28,7 @@ from load_tests.cost_report import (
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "load_tests" / "results" / "sweep.json"
 STUDY = REPO / "reports" / "phantom-compact" / "results.json"
-COMMITTED = REPO / "reports" / "cost" / "2026-11-22-sweep"
+COMMITTED = REPO / "reports" / "cost" / "2026-12-03-sweep"
 CPU = "onnxruntime:CPUExecutionProvider"
 
 
