@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen $(EXTRAS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help uv install serve test test-all models bench lint openapi study study-antialias loadtest contact-sheet screenshots clean
+.PHONY: help uv install serve test test-all models bench lint openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,6 +64,40 @@ study-antialias: install  ## add blurpool and flc beside standard to the same st
 
 loadtest: install  ## per-resolution cost sweep against a running service (make serve first; extra flags via LOADTEST_ARGS)
 	$(RUN) python -m load_tests.sweep --url http://$(HOST):$(PORT) --out load_tests/results/sweep.json $(LOADTEST_ARGS)
+
+LOCUST_RESOLUTIONS ?= 256,512,1024
+locust: install  ## Locust, headless, per resolution against a running service (LOCUST_RESOLUTIONS, LOCUST_ARGS): CSV in load_tests/results/
+	SHARPCXR_LOCUST_RESOLUTIONS=$(LOCUST_RESOLUTIONS) $(RUN) locust -f load_tests/locustfile.py --headless -u 4 -r 4 -t 30s --host http://$(HOST):$(PORT) --csv load_tests/results/locust --only-summary $(LOCUST_ARGS)
+
+# COST_SWEEP=file reuses a sweep (e.g. load_tests/results/sweep.json, the committed one);
+# without it a new sweep of the running service goes into the new report folder.
+COST_SWEEP ?=
+cost-report: install  ## cost per 1,000 studies vs AUROC per resolution from one sweep -> a new reports/cost/<time>-<sha>/ (COST_SWEEP, LOADTEST_ARGS, COST_ARGS)
+	@set -e; sweep="$(COST_SWEEP)"; \
+	if [ -z "$$sweep" ]; then \
+	  tmp=$$(mktemp -d); sweep="$$tmp/sweep.json"; \
+	  $(RUN) python -m load_tests.sweep --url http://$(HOST):$(PORT) --out "$$sweep" $(LOADTEST_ARGS); \
+	fi; \
+	$(RUN) python -m load_tests.cost_report --sweep "$$sweep" --study reports/phantom-compact/results.json $(COST_ARGS)
+
+triton-repo: install  ## a Triton model repository (config.pbtxt, dynamic batching) from models/ -> triton_repo/ (TRITON_ARGS, e.g. --gpu --force)
+	$(RUN) sharpcxr triton-export --models-dir models --out triton_repo $(TRITON_ARGS)
+
+install-sizes: install  ## measure the serving, GPU and full installs (fresh venvs from uv.lock) -> benchmarks/results/install_sizes.*
+	$(RUN) python -m benchmarks.install_sizes --out benchmarks/results/install_sizes.json
+
+deploy-check: install  ## only the deployment checks: serving install, hadolint, Compose + Kubernetes schemas, promtool, the live Prometheus
+	$(RUN) pytest tests/deploy tests/e2e/test_prometheus.py -q
+
+# These three need a Docker engine (none runs on the machines this was built on; see README).
+image:  ## docker build the cpu image (sharpcxr:cpu)
+	docker build --target cpu -t sharpcxr:cpu .
+
+image-gpu:  ## docker build the gpu image (sharpcxr:gpu; CUDA 13, onnxruntime-gpu, TensorRT 10)
+	docker build --target gpu -t sharpcxr:gpu .
+
+compose-up:  ## sharpcxr + Prometheus + Grafana (models/ must exist: make models); profiles via COMPOSE_PROFILES=pacs,gpu
+	docker compose up -d --build
 
 clean:  ## remove caches (keeps .venv and models)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

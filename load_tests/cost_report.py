@@ -43,7 +43,7 @@ SELECTION_RULE = (
 CPU_FORMULA = "cores x price_core_hour / (throughput_rps x 3600) x 1000"
 GPU_FORMULA = "price_gpu_hour / (throughput_rps x 3600) x 1000"
 GPU_MARKERS = ("cuda", "tensorrt", "gpu")  # in a row's model.backend, e.g. onnxruntime:CUDA...
-FILES = ("report.md", "cost.json", "pareto.png")
+FILES = ("report.md", "cost.json", "pareto.png", "sweep.json")
 
 
 class ReportError(Exception):
@@ -485,6 +485,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
         "auroc_sets": {"in_distribution": args.id_set, "out_of_distribution": args.ood_set},
         "rows": rows,
     }
+    # the sweep travels with its report, so a folder stands on its own after the sweep file
+    # it came from is overwritten by the next run
+    if not (out / "sweep.json").exists() or (out / "sweep.json").resolve() != args.sweep.resolve():
+        (out / "sweep.json").write_bytes(sweep_bytes)
     (out / "cost.json").write_text(json.dumps(_finite(report), indent=2) + "\n")
     (out / "report.md").write_text(
         markdown_report(report, rows, command, args.id_set, args.ood_set)

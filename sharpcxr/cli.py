@@ -221,13 +221,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what the `train` extra brings (pyproject.toml), by import name
+TRAIN_EXTRA_MODULES = frozenset(
+    {"torch", "torchvision", "onnx", "onnxscript", "pytorch_grad_cam", "optuna", "sklearn",
+     "matplotlib", "tqdm"}
+)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except ModuleNotFoundError as exc:
+        # The serving install (`sharpcxr[cpu]`) has no torch: training, export and the study
+        # need the `train` extra. Say so instead of a traceback.
+        if exc.name is None or exc.name.split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(
+            f"sharpcxr {args.command}: needs {exc.name!r}, which this install does not have: "
+            "`pip install 'sharpcxr[train]'` (uv: `uv sync --extra train`)",
+            file=sys.stderr,
+        )
+        return 1
     return code
 
 

@@ -132,7 +132,7 @@ HELP_BOUND_S = 5.0
 
 
 @pytest.mark.parametrize(
-    "command", ["", "phantoms", "inspect", "train", "export", "study", "serve"]
+    "command", ["", "phantoms", "inspect", "train", "export", "study", "serve", "triton-export"]
 )
 def test_help_imports_no_torch_and_is_quick(command: str) -> None:
     argv = [command, "--help"] if command else ["--help"]

@@ -126,7 +126,7 @@ def test_a_new_folder_per_run_and_the_first_is_untouched(tmp_path: Path) -> None
     assert main(argv) == 0
     (first,) = root.iterdir()
     before = {p.name: p.read_bytes() for p in first.iterdir()}
-    assert sorted(before) == ["cost.json", "pareto.png", "report.md"]
+    assert sorted(before) == ["cost.json", "pareto.png", "report.md", "sweep.json"]
     assert main(argv) == 0
     folders = sorted(root.iterdir())
     assert len(folders) == 2 and first in folders

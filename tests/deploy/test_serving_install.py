@@ -60,7 +60,9 @@ def _distributions(python: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("serving") / "venv"
-    done = _sync(venv, "--no-dev", "--extra", "cpu")
+    # --no-editable, as the Dockerfile installs it: a built wheel, so whatever the service
+    # needs at run time (the viewer's files, the vendored docs assets) must be in the wheel
+    done = _sync(venv, "--no-dev", "--extra", "cpu", "--no-editable")
     assert done.returncode == 0, done.stderr[-3000:]
     return venv
 
@@ -118,6 +120,21 @@ def test_the_serving_install_answers_a_predict(serving: str, tmp_path: Path) -> 
     assert {m["backend"] for m in models} == {"onnxruntime:CPUExecutionProvider"}
 
 
+def test_the_serving_install_is_a_wheel_that_carries_the_viewer(
+    serving: str, serving_venv: Path
+) -> None:
+    """Not the repository on sys.path: the installed package, with its static files."""
+    where = subprocess.run(
+        [str(serving_venv / "bin" / "python"), "-c", "import service; print(service.__file__)"],
+        capture_output=True, text=True, check=True, cwd=serving_venv,
+    )  # fmt: skip
+    assert str(serving_venv) in where.stdout and str(REPO) not in where.stdout
+    for path, needle in (("/viewer/", "<html"), ("/viewer/js/app.js", "import"),
+                         ("/docs", "swagger"), ("/redoc", "redoc")):  # fmt: skip
+        page = httpx.get(serving + path, timeout=10)
+        assert page.status_code == 200 and needle in page.text.lower(), path
+
+
 def test_the_two_onnxruntime_wheels_are_declared_in_conflict(tmp_path: Path) -> None:
     """uv refuses cpu and gpu together: both wheels would write the same module."""
     done = _sync(tmp_path / "venv", "--no-dev", "--extra", "cpu", "--extra", "gpu", "--dry-run")
@@ -140,3 +157,16 @@ def test_without_an_onnxruntime_extra_serve_says_which_to_install(
     assert done.returncode != 0
     assert "'onnxruntime', which is not installed" in done.stderr
     assert "sharpcxr[cpu]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_training_commands_in_the_serving_install_name_the_train_extra(
+    serving_venv: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [str(serving_venv / "bin" / "sharpcxr"), "train", "--dataset", "phantoms",
+         "--data-root", str(tmp_path), "--resolution", "64", "--out-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "needs 'torch'" in done.stderr and "sharpcxr[train]" in done.stderr
+    assert "Traceback" not in done.stderr
