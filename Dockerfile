@@ -100,22 +100,27 @@ COPY --from=builder-gpu /app/.venv /app/.venv
 # then its CUDA execution provider, and runs the manifest's .onnx files, which every manifest
 # has. SHARPCXR_BACKEND=tensorrt (the native TensorRT backend) needs .plan files built on this
 # GPU model with this TensorRT version (`sharpcxr export --tensorrt on`), so it is opt-in.
+# LD_LIBRARY_PATH: ONNX Runtime's TensorRT provider dlopens libnvinfer, which the TensorRT
+# wheels keep in site-packages/tensorrt_libs; the other two entries are the CUDA base image's.
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SHARPCXR_MODELS_DIR=/models \
     SHARPCXR_DATA_DIR=/data \
     SHARPCXR_DEVICE=cuda \
-    SHARPCXR_BACKEND=onnxruntime
+    SHARPCXR_BACKEND=onnxruntime \
+    SHARPCXR_HOST=0.0.0.0 \
+    SHARPCXR_PORT=8000 \
+    LD_LIBRARY_PATH=/app/.venv/lib/python3.12/site-packages/tensorrt_libs:/usr/local/nvidia/lib:/usr/local/nvidia/lib64
 USER 10001:10001
 WORKDIR /data
 EXPOSE 8000
 # A longer start period than cpu: CUDA initialisation comes before the server answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-# 0.0.0.0 is right only inside the container (see the cpu target below).
+# 0.0.0.0 (SHARPCXR_HOST above) is right only inside the container (see the cpu target).
 ENTRYPOINT ["sharpcxr"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["serve"]
 
 # ---------------------------------------------------------------------------------------------
 # models (optional): `make models` inside Docker, for hosts without Python. It needs the train
@@ -162,17 +167,21 @@ ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SHARPCXR_MODELS_DIR=/models \
-    SHARPCXR_DATA_DIR=/data
+    SHARPCXR_DATA_DIR=/data \
+    SHARPCXR_HOST=0.0.0.0 \
+    SHARPCXR_PORT=8000
 USER 10001:10001
 WORKDIR /data
 EXPOSE 8000
-# Liveness: /healthz answers as soon as the server runs (models load in the background; their
-# readiness is /readyz). Python, because the slim image has no curl.
+# Liveness: /healthz. The port opens once the models are loaded and warmed (the service
+# loads them before it listens), hence the start period. Python: the slim image has no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-# 0.0.0.0 is right only inside the container: the container's network namespace is the
-# boundary, and the host decides what to publish (docker-compose.yml publishes on 127.0.0.1).
-# Outside a container sharpcxr binds 127.0.0.1 by default, and should.
+# SHARPCXR_HOST=0.0.0.0 (above) is right only inside the container: the container's network
+# namespace is the boundary, and the host decides what to publish (docker-compose.yml
+# publishes on 127.0.0.1). Outside a container sharpcxr binds 127.0.0.1 by default, and
+# should. Host and port come from the environment, not flags, so that a ConfigMap or
+# `docker run -e` can change them (flags would win over the environment).
 ENTRYPOINT ["sharpcxr"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["serve"]
 

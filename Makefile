@@ -70,12 +70,13 @@ locust: install  ## Locust, headless, per resolution against a running service (
 	SHARPCXR_LOCUST_RESOLUTIONS=$(LOCUST_RESOLUTIONS) $(RUN) locust -f load_tests/locustfile.py --headless -u 4 -r 4 -t 30s --host http://$(HOST):$(PORT) --csv load_tests/results/locust --only-summary $(LOCUST_ARGS)
 
 # COST_SWEEP=file reuses a sweep (e.g. load_tests/results/sweep.json, the committed one);
-# without it a new sweep of the running service goes into the new report folder.
+# without it the running service is swept into a temporary file, which the report copies
+# into its new folder (sweep.json) before the temporary one is removed.
 COST_SWEEP ?=
 cost-report: install  ## cost per 1,000 studies vs AUROC per resolution from one sweep -> a new reports/cost/<time>-<sha>/ (COST_SWEEP, LOADTEST_ARGS, COST_ARGS)
 	@set -e; sweep="$(COST_SWEEP)"; \
 	if [ -z "$$sweep" ]; then \
-	  tmp=$$(mktemp -d); sweep="$$tmp/sweep.json"; \
+	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; sweep="$$tmp/sweep.json"; \
 	  $(RUN) python -m load_tests.sweep --url http://$(HOST):$(PORT) --out "$$sweep" $(LOADTEST_ARGS); \
 	fi; \
 	$(RUN) python -m load_tests.cost_report --sweep "$$sweep" --study reports/phantom-compact/results.json $(COST_ARGS)

@@ -43,7 +43,8 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
-        # Loading and warming is CPU work; keep the loop free for /healthz meanwhile.
+        # Loading and warming is CPU work, in a thread: the loop stays free to act on
+        # signals meanwhile (the server listens only after this lifespan step).
         registry = await asyncio.to_thread(load_registry, s)
         self.registry = registry
         self.pool = ThreadPoolExecutor(s.decode_workers, thread_name_prefix="sharpcxr-cpu")

@@ -218,9 +218,11 @@ def test_the_runtime_targets_serve_on_8000(stages: dict[str, Stage]) -> None:
     for target in RUNTIME_TARGETS:
         stage = stages[target]
         command = stage.exec_form("ENTRYPOINT") + stage.exec_form("CMD")
-        assert command == ["sharpcxr", "serve", "--host", "0.0.0.0", "--port", "8000"]
+        # no --host/--port flags: they would override SHARPCXR_HOST/PORT from a ConfigMap
+        assert command == ["sharpcxr", "serve"]
         assert [i.args for i in stage.all("EXPOSE")] == ["8000"]
         env = stage.env()
+        assert env["SHARPCXR_HOST"] == "0.0.0.0" and env["SHARPCXR_PORT"] == "8000"
         assert env["SHARPCXR_MODELS_DIR"] == "/models" and env["SHARPCXR_DATA_DIR"] == "/data"
 
 
