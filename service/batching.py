@@ -1,7 +1,8 @@
 """Dynamic batching per resolution: a bounded queue, a batch size cap, a batch timeout.
 
 :func:`collect_batch` is the pure part (an ``asyncio.Queue`` in, a list out) and is tested
-with a plain queue. :class:`Batcher` owns one queue and one worker task per resolution:
+with a plain queue. The timeout is waited out only while more requests are on their way
+(admitted for that resolution and still decoding): a request alone goes at once. :class:`Batcher` owns one queue and one worker task per resolution:
 it collects a batch, drops requests that were cancelled or are past their deadline, runs
 the backend off the event loop and hands each request its own row of the outputs.
 """
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -33,10 +34,15 @@ async def collect_batch(
     max_size: int,
     timeout_s: float,
     clock: Callable[[], float] = time.monotonic,
+    coming: Callable[[], int] | None = None,
 ) -> list[T]:
     """Wait for one item, then take more until ``max_size`` items or ``timeout_s`` seconds
     after the first arrived, whichever comes first. Items already waiting are taken
-    without waiting, so a backlog forms full batches at once."""
+    without waiting, so a backlog forms full batches at once.
+
+    ``coming``: how many items are on their way (admitted upstream, not queued yet). When
+    it says none, the batch goes at once: waiting for company that nobody is bringing
+    only adds the window to a lone request's latency. ``None`` always waits the window."""
     batch = [await queue.get()]
     deadline = clock() + timeout_s
     while len(batch) < max_size:
@@ -45,6 +51,8 @@ async def collect_batch(
             continue
         except asyncio.QueueEmpty:
             pass
+        if coming is not None and coming() <= 0:
+            break
         remaining = deadline - clock()
         if remaining <= 0:
             break
@@ -66,6 +74,20 @@ class Inference:
     embedding: FloatArray
     queue_s: float
     inference_s: float
+
+
+class Arrival:
+    """One request on its way to a batcher's queue: counted in :attr:`Batcher.coming` from
+    :meth:`Batcher.on_the_way` until it is queued (or gives up), exactly once."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher: Batcher | None = batcher
+        batcher.coming += 1
+
+    def arrive(self) -> None:
+        if self._batcher is not None:
+            self._batcher.coming -= 1
+            self._batcher = None
 
 
 @dataclass
@@ -99,6 +121,19 @@ class Batcher:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self._label = str(backend.resolution)
         self._task: asyncio.Task[None] | None = None
+        # requests admitted for this resolution and still decoding or preprocessing
+        # (event-loop only): the collector waits its window only while some are coming
+        self.coming = 0
+
+    @contextlib.contextmanager
+    def on_the_way(self) -> Iterator[Arrival]:
+        """Count a request as coming from its admission until :meth:`infer` queues it
+        (``infer(..., arrival=...)``) or it leaves early (an error, a refusal)."""
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.arrive()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -116,11 +151,16 @@ class Batcher:
             if not item.future.done():
                 item.future.set_exception(NotReadyError("the service is shutting down"))
 
-    async def infer(self, image: FloatArray, method: str, deadline: float) -> Inference:
+    async def infer(
+        self, image: FloatArray, method: str, deadline: float, arrival: Arrival | None = None
+    ) -> Inference:
         """Queue one image ``(1, R, R)`` and wait for its result; 503 when the queue is full,
         :class:`DeadlineExceededError` when ``deadline`` (monotonic seconds) passes first.
-        ``method`` was checked against the backend's methods by the caller."""
+        ``method`` was checked against the backend's methods by the caller; ``arrival``,
+        from :meth:`on_the_way`, stops counting as coming once the image is queued."""
         future: asyncio.Future[Inference] = asyncio.get_running_loop().create_future()
+        if arrival is not None:
+            arrival.arrive()
         try:
             self.queue.put_nowait(_Item(image, method, deadline, future))
         except asyncio.QueueFull:
@@ -135,7 +175,12 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            items = await collect_batch(self.queue, self.max_batch_size, self.batch_timeout_s)
+            items = await collect_batch(
+                self.queue,
+                self.max_batch_size,
+                self.batch_timeout_s,
+                coming=lambda: self.coming,
+            )
             self.metrics.queue_depth.labels(self._label).set(self.queue.qsize())
             now = time.monotonic()
             live = []

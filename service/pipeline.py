@@ -22,6 +22,7 @@ one pool hop, explain and encode another. Every stage is timed here, in one plac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -34,7 +35,7 @@ from imaging.dicom import DecodedImage, read_dicom
 from imaging.gate import Finding, check_image
 from imaging.preprocess import ModelInput, preprocess
 from imaging.saliency import DEFAULT_THRESHOLD, SaliencyResult, explain
-from service.batching import Batcher, Inference
+from service.batching import Arrival, Batcher, Inference
 from service.encode import encode_response
 from service.errors import GateRefusedError, OverloadedError, UnsupportedMethodError
 from service.metrics import Metrics
@@ -175,10 +176,21 @@ class Pipeline:
     async def run(
         self, ctx: RequestContext, body: bytes, models: Sequence[ServedModel]
     ) -> list[PredictResponse]:
-        """Every stage for every model: decode and gate once, the rest per model."""
-        await self.decode(ctx, body)
-        self.gate(ctx, models)
-        return list(await asyncio.gather(*(self.answer(ctx, m) for m in models)))
+        """Every stage for every model: decode and gate once, the rest per model.
+
+        Each model's batcher counts this request as coming from here until its image is
+        queued, so a batcher waits for company only while some is on its way."""
+        with contextlib.ExitStack() as stack:
+            arrivals = [
+                stack.enter_context(self.batchers[m.resolution].on_the_way()) for m in models
+            ]
+            await self.decode(ctx, body)
+            self.gate(ctx, models)
+            return list(
+                await asyncio.gather(
+                    *(self.answer(ctx, m, a) for m, a in zip(models, arrivals, strict=True))
+                )
+            )
 
     # ------------------------------------------------------------------ shared stages
     async def decode(self, ctx: RequestContext, body: bytes) -> None:
@@ -216,7 +228,9 @@ class Pipeline:
             raise GateRefusedError(ctx.findings)
 
     # ------------------------------------------------------------------ per-model stages
-    async def answer(self, ctx: RequestContext, model: ServedModel) -> PredictResponse:
+    async def answer(
+        self, ctx: RequestContext, model: ServedModel, arrival: Arrival | None = None
+    ) -> PredictResponse:
         """preprocess -> infer -> explain -> encode for one model."""
         assert ctx.decoded is not None, "decode runs first"
         loop = asyncio.get_running_loop()
@@ -224,7 +238,7 @@ class Pipeline:
             self.pool, partial(_timed, preprocess, ctx.decoded.pixels, model.resolution)
         )
         inference = await self.batchers[model.resolution].infer(
-            model_input.image, ctx.options.method, ctx.deadline
+            model_input.image, ctx.options.method, ctx.deadline, arrival
         )
         # Only flag mode gets here with findings: off records none, refuse raised on them.
         answer = judge(model, inference, ctx.findings, self.gate_mode)
