@@ -2,7 +2,8 @@
 
 :func:`collect_batch` is the pure part (an ``asyncio.Queue`` in, a list out) and is tested
 with a plain queue. The timeout is waited out only while more requests are on their way
-(admitted for that resolution and still decoding): a request alone goes at once. :class:`Batcher` owns one queue and one worker task per resolution:
+(admitted for that resolution and still decoding): a request alone goes at once.
+:class:`Batcher` owns one queue and one worker task per resolution:
 it collects a batch, drops requests that were cancelled or are past their deadline, runs
 the backend off the event loop and hands each request its own row of the outputs.
 """
