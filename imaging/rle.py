@@ -35,28 +35,75 @@ class CocoRle(TypedDict):
 def _runs_column_major(
     mask: npt.NDArray[Any],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Return (starts, lengths) of foreground runs in column-major order (absolute starts)."""
+    """Return (starts, ends) of foreground runs in column-major order (absolute, end exclusive).
+
+    Works on the C-order array without the transposed copy a Fortran-order ravel makes: only
+    the foreground's bounding box is read (outside it every column is background, which
+    merges into the neighbouring background runs), each run edge is found as a change
+    between vertically adjacent pixels, and the few edges are sorted into column-major order
+    by their flat index ``column * rows + row``.
+    """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (rows, columns), got shape {mask.shape}")
-    flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
-    # Pad with a background pixel on each side so every run has a rising and a falling edge.
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], flat, [0])).astype(np.int8)))
-    starts = edges[0::2].astype(np.int64)
-    lengths = (edges[1::2] - edges[0::2]).astype(np.int64)
-    return starts, lengths
+    m = np.asarray(mask, dtype=bool)
+    rows = int(m.shape[0])
+    in_columns = np.flatnonzero(m.any(axis=0))
+    if in_columns.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    c0, c1 = int(in_columns[0]), int(in_columns[-1]) + 1
+    in_rows = np.flatnonzero(m[:, c0:c1].any(axis=1))
+    r0, r1 = int(in_rows[0]), int(in_rows[-1]) + 1
+    box = m[r0:r1, c0:c1]
+    width = c1 - c0
+    # Edges as (row within the box, column within the box): a change between rows i-1 and
+    # i is an edge at row i; the box's top row opens runs, the row below its bottom closes them.
+    inner = np.flatnonzero(box[1:] != box[:-1])
+    inner_rows, inner_columns = np.divmod(inner, width)
+    top = np.flatnonzero(box[0])
+    bottom = np.flatnonzero(box[-1])
+    edge_rows = np.concatenate(
+        (inner_rows + 1, np.zeros(top.size, np.intp), np.full(bottom.size, r1 - r0, np.intp))
+    )
+    edge_columns = np.concatenate((inner_columns, top, bottom))
+    edges = (edge_columns.astype(np.int64, copy=False) + c0) * rows + (
+        edge_rows.astype(np.int64, copy=False) + r0
+    )
+    edges.sort()
+    # Within each column edges alternate opening/closing, and columns hold whole runs here.
+    starts, ends = edges[0::2], edges[1::2]
+    if r1 - r0 == rows and starts.size > 1:
+        # A run reaching the bottom of a full-height column goes on at the top of the next.
+        joined = starts[1:] == ends[:-1]
+        if joined.any():
+            starts = starts[np.concatenate(([True], ~joined))]
+            ends = ends[np.concatenate((~joined, [True]))]
+    return starts, ends
+
+
+def _interleave(
+    first: npt.NDArray[np.int64], second: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """``[first[0], second[0], first[1], second[1], ...]`` (equal sizes)."""
+    out = np.empty(2 * first.size, dtype=np.int64)
+    out[0::2] = first
+    out[1::2] = second
+    return out
+
+
+def _gaps(starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Background before each run: ``starts[i] - ends[i - 1]`` (``starts[0]`` for the first)."""
+    gaps = starts.copy()
+    gaps[1:] -= ends[:-1]
+    return gaps
 
 
 def encode_siim_rle(mask: npt.NDArray[Any]) -> str:
     """Encode a 2-D mask as SIIM-ACR relative column-major RLE (``"-1"`` when empty)."""
-    starts, lengths = _runs_column_major(mask)
+    starts, ends = _runs_column_major(mask)
     if starts.size == 0:
         return SIIM_EMPTY
-    ends = starts + lengths
-    gaps = starts - np.concatenate(([0], ends[:-1]))
-    pairs = np.empty(2 * starts.size, dtype=np.int64)
-    pairs[0::2] = gaps
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
+    return " ".join(map(str, _interleave(_gaps(starts, ends), ends - starts).tolist()))
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -90,9 +137,8 @@ def decode_siim_rle(rle: str, rows: int, columns: int) -> npt.NDArray[np.bool_]:
     rows, columns = _check_size(rows, columns)
     total = rows * columns
     text = rle.strip()
-    flat = np.zeros(total, dtype=bool)
     if text in ("", SIIM_EMPTY):
-        return flat.reshape((rows, columns), order="F")
+        return np.zeros(total, dtype=bool).reshape((rows, columns), order="F")
     try:
         tokens = [int(v) for v in text.split()]
     except ValueError as exc:
@@ -101,34 +147,27 @@ def decode_siim_rle(rle: str, rows: int, columns: int) -> npt.NDArray[np.bool_]:
         raise ValueError("SIIM RLE needs an even number of values (start length pairs)")
     if min(tokens) < 0:
         raise ValueError("SIIM RLE values must be non-negative")
-    # Checked with Python ints: huge values would overflow (wrap) in int64 cumsums below.
+    # Checked with Python ints: huge values would not fit (or would wrap) in int64 below.
     if sum(tokens) > total:
         raise ValueError(f"SIIM RLE runs past the end of a {rows}x{columns} image")
-    values = np.array(tokens, dtype=np.int64)
-    gaps, lengths = values[0::2], values[1::2]
-    # absolute start of run i = sum of all previous gaps and lengths + own gap
-    starts = np.cumsum(gaps) + np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    ends = starts + lengths
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        flat[start:end] = True
-    return flat.reshape((rows, columns), order="F")
+    # The tokens alternate background and foreground counts, like COCO's; the rest is
+    # background.
+    counts = np.array([*tokens, total - sum(tokens)], dtype=np.int64)
+    values = np.zeros(counts.size, dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, counts).reshape((rows, columns), order="F")
 
 
 def encode_coco_rle(mask: npt.NDArray[Any]) -> CocoRle:
     """Encode a 2-D mask as COCO uncompressed RLE (column-major, starts with background)."""
-    starts, lengths = _runs_column_major(mask)
+    starts, ends = _runs_column_major(mask)
     rows, columns = int(mask.shape[0]), int(mask.shape[1])
     total = rows * columns
-    ends = starts + lengths
-    background = starts - np.concatenate(([0], ends[:-1]))
-    counts = np.empty(2 * starts.size, dtype=np.int64)
-    counts[0::2] = background
-    counts[1::2] = lengths
+    counts = _interleave(_gaps(starts, ends), ends - starts)
     tail = total - (int(ends[-1]) if ends.size else 0)
-    out = counts.tolist()
-    if tail > 0 or not out:
-        out.append(tail)
-    return {"size": [rows, columns], "counts": out}
+    if tail > 0 or counts.size == 0:
+        counts = np.append(counts, tail)
+    return {"size": [rows, columns], "counts": counts.tolist()}
 
 
 def decode_coco_rle(rle: CocoRle) -> npt.NDArray[np.bool_]:
@@ -147,7 +186,10 @@ def decode_coco_rle(rle: CocoRle) -> npt.NDArray[np.bool_]:
     total = rows * columns
     if isinstance(counts_in, str | bytes) or not hasattr(counts_in, "__iter__"):
         raise ValueError("COCO RLE counts must be a list of integers (compressed RLE is not read)")
-    counts_list = [_as_int(c, "a COCO RLE count") for c in counts_in]
+    if type(counts_in) is list and all(type(c) is int for c in counts_in):
+        counts_list: list[int] = counts_in  # the common case, already plain ints
+    else:
+        counts_list = [_as_int(c, "a COCO RLE count") for c in counts_in]
     if counts_list and min(counts_list) < 0:
         raise ValueError("COCO RLE counts must be non-negative")
     # Summed as Python ints: an int64 sum can wrap around and pass the check.

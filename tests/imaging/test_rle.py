@@ -6,12 +6,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pycocotools.mask as coco_mask
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imaging.rle import (
     SIIM_EMPTY,
+    CocoRle,
     decode_coco_rle,
     decode_siim_rle,
     encode_coco_rle,
@@ -19,6 +21,8 @@ from imaging.rle import (
 )
 
 PROPERTY = settings(max_examples=150, deadline=None)
+# pycocotools' decode (a reference below) trips a NumPy 2 deprecation inside pycocotools.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def _siim_reference_decode(rle: str, rows: int, columns: int) -> npt.NDArray[np.bool_]:
@@ -213,3 +217,226 @@ def test_codecs_agree(mask: npt.NDArray[np.bool_]) -> None:
     via_siim = decode_siim_rle(encode_siim_rle(mask), rows, columns)
     via_coco = decode_coco_rle(encode_coco_rle(mask))
     assert np.array_equal(via_siim, via_coco)
+
+
+# ------------------------------------------- equality with the slow reference codecs
+# The straightforward implementations that shipped before issue #15 (Fortran-order ravel,
+# int8 diff over the whole image, a Python loop painting runs). The fast codecs must give
+# exactly the same output, and the COCO encoder the same RLE as pycocotools.
+def _reference_runs(mask: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], flat, [0])).astype(np.int8)))
+    starts = edges[0::2].astype(np.int64)
+    return starts, (edges[1::2] - edges[0::2]).astype(np.int64)
+
+
+def _reference_encode_siim(mask: npt.NDArray[Any]) -> str:
+    starts, lengths = _reference_runs(mask)
+    if starts.size == 0:
+        return SIIM_EMPTY
+    ends = starts + lengths
+    gaps = starts - np.concatenate(([0], ends[:-1]))
+    pairs = np.empty(2 * starts.size, dtype=np.int64)
+    pairs[0::2] = gaps
+    pairs[1::2] = lengths
+    return " ".join(map(str, pairs.tolist()))
+
+
+def _reference_encode_coco(mask: npt.NDArray[Any]) -> CocoRle:
+    starts, lengths = _reference_runs(mask)
+    rows, columns = int(mask.shape[0]), int(mask.shape[1])
+    ends = starts + lengths
+    counts = np.empty(2 * starts.size, dtype=np.int64)
+    counts[0::2] = starts - np.concatenate(([0], ends[:-1]))
+    counts[1::2] = lengths
+    tail = rows * columns - (int(ends[-1]) if ends.size else 0)
+    out = counts.tolist()
+    if tail > 0 or not out:
+        out.append(tail)
+    return {"size": [rows, columns], "counts": out}
+
+
+def _reference_decode_coco(rle: CocoRle) -> npt.NDArray[np.bool_]:
+    rows, columns = rle["size"]
+    flat = np.zeros(rows * columns, dtype=bool)
+    cursor = 0
+    for k, count in enumerate(rle["counts"]):
+        if k % 2:
+            flat[cursor : cursor + count] = True
+        cursor += count
+    return flat.reshape((rows, columns), order="F")
+
+
+def _pycocotools_counts(mask: npt.NDArray[Any]) -> bytes:
+    """pycocotools' compressed RLE of ``mask`` (its reference encoder)."""
+    encoded = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=bool).astype(np.uint8)))
+    return bytes(encoded["counts"])
+
+
+def _compressed(rle: CocoRle) -> bytes:
+    """Our uncompressed RLE compressed by pycocotools (a lossless re-encoding of the counts)."""
+    rows, columns = rle["size"]
+    return bytes(coco_mask.frPyObjects(dict(rle), rows, columns)["counts"])
+
+
+def _assert_all_agree(mask: npt.NDArray[Any]) -> None:
+    rows, columns = mask.shape
+    truth = np.asarray(mask, dtype=bool)
+    rle = encode_coco_rle(mask)
+    assert rle == _reference_encode_coco(mask)
+    assert all(type(c) is int for c in rle["counts"])  # JSON-ready Python ints
+    siim = encode_siim_rle(mask)
+    assert siim == _reference_encode_siim(mask)
+    decoded = decode_coco_rle(rle)
+    assert decoded.dtype == np.bool_ and decoded.shape == (rows, columns)
+    assert np.array_equal(decoded, truth)
+    assert np.array_equal(decoded, _reference_decode_coco(rle))
+    assert np.array_equal(decode_siim_rle(siim, rows, columns), truth)
+    assert np.array_equal(_siim_reference_decode(siim, rows, columns), truth)
+    if rows and columns:  # pycocotools does not take empty images
+        assert _compressed(rle) == _pycocotools_counts(mask)
+        assert np.array_equal(
+            coco_mask.decode(coco_mask.frPyObjects(dict(rle), rows, columns)), truth
+        )
+
+
+@st.composite
+def larger_masks(draw: st.DrawFn) -> npt.NDArray[np.bool_]:
+    """Masks up to 80x80 made of rectangles and single pixels, so runs span several columns,
+    bounding boxes are smaller than the image, and runs touch the top and bottom rows."""
+    rows = draw(st.integers(1, 80))
+    columns = draw(st.integers(1, 80))
+    mask = np.zeros((rows, columns), dtype=bool)
+    for _ in range(draw(st.integers(0, 6))):
+        y0, y1 = sorted(draw(st.tuples(st.integers(0, rows), st.integers(0, rows))))
+        x0, x1 = sorted(draw(st.tuples(st.integers(0, columns), st.integers(0, columns))))
+        mask[y0:y1, x0:x1] = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 8))):
+        mask[draw(st.integers(0, rows - 1)), draw(st.integers(0, columns - 1))] ^= True
+    return mask
+
+
+@PROPERTY
+@given(masks())
+def test_codecs_equal_reference_on_small_masks(mask: npt.NDArray[np.bool_]) -> None:
+    _assert_all_agree(mask)
+
+
+@PROPERTY
+@given(larger_masks())
+def test_codecs_equal_reference_on_larger_masks(mask: npt.NDArray[np.bool_]) -> None:
+    _assert_all_agree(mask)
+
+
+def _edge_case_masks() -> list[Any]:
+    cases: list[tuple[str, npt.NDArray[Any]]] = []
+    for rows, columns in ((1, 1), (1, 9), (9, 1), (5, 7), (7, 5), (64, 64)):
+        n = rows * columns
+        empty = np.zeros((rows, columns), dtype=bool)
+        cases.append((f"{rows}x{columns} empty", empty))
+        cases.append((f"{rows}x{columns} full", ~empty))
+        for name, pixels in (
+            ("first", [0]),
+            ("last", [n - 1]),
+            ("first+last", [0, n - 1]),
+            ("all but first", list(range(1, n))),
+            ("all but last", list(range(n - 1))),
+            ("alternate", list(range(0, n, 2))),
+        ):
+            flat = np.zeros(n, dtype=bool)
+            flat[pixels] = True
+            cases.append((f"{rows}x{columns} {name}", flat.reshape((rows, columns), order="F")))
+        if rows > 1 and columns > 1:
+            rows_set = empty.copy()
+            rows_set[[0, -1], :] = True  # top and bottom rows: runs across column boundaries
+            cases.append((f"{rows}x{columns} top+bottom rows", rows_set))
+            column = empty.copy()
+            column[:, columns // 2] = True  # one full-height column inside the image
+            cases.append((f"{rows}x{columns} one column", column))
+            two = empty.copy()
+            two[:, 0] = two[:, -1] = True  # full-height columns at both edges
+            cases.append((f"{rows}x{columns} edge columns", two))
+            inner = empty.copy()
+            inner[1:-1, 1:-1] = True
+            cases.append((f"{rows}x{columns} inner box", inner))
+    return [pytest.param(mask, id=name) for name, mask in cases]
+
+
+@pytest.mark.parametrize("mask", _edge_case_masks())
+def test_codecs_equal_reference_on_edge_cases(mask: npt.NDArray[Any]) -> None:
+    _assert_all_agree(mask)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0)])
+def test_empty_images(shape: tuple[int, int]) -> None:
+    mask = np.zeros(shape, dtype=bool)
+    assert (
+        encode_coco_rle(mask)
+        == _reference_encode_coco(mask)
+        == {"size": list(shape), "counts": [0]}
+    )
+    assert encode_siim_rle(mask) == SIIM_EMPTY
+    assert decode_coco_rle(encode_coco_rle(mask)).shape == shape
+
+
+def test_codecs_take_any_layout_and_dtype() -> None:
+    rng = np.random.default_rng(15)
+    base = rng.random((37, 53)) < 0.3
+    base[5:30, 10:40] = True
+    variants: list[npt.NDArray[Any]] = [
+        base,
+        np.asfortranarray(base),
+        base.astype(np.uint8),
+        base.astype(np.uint8) * 200,
+        base.astype(np.int32) * -3,
+        base.astype(np.float32) * 0.5,
+        np.where(base, np.nan, 0.0),  # NaN is non-zero, so foreground
+        np.pad(base, 3)[3:-3, 3:-3],  # a non-contiguous view
+        np.ascontiguousarray(base.T).T,  # a transposed (Fortran-ordered) view
+        base.view(np.uint8)[::1, ::1],
+    ]
+    expected = _reference_encode_coco(base)
+    for variant in variants:
+        assert encode_coco_rle(variant) == expected
+        assert encode_siim_rle(variant) == _reference_encode_siim(base)
+    strided = np.zeros((74, 106), dtype=bool)
+    strided[::2, ::2] = base
+    _assert_all_agree(strided[::2, ::2])
+
+
+def test_encoders_do_not_modify_the_mask() -> None:
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[:, 2:4] = True
+    before = mask.copy()
+    encode_coco_rle(mask)
+    encode_siim_rle(mask)
+    assert np.array_equal(mask, before)
+
+
+@pytest.mark.parametrize("rows_columns", [(2048, 2048), (2500, 3000)])
+def test_full_size_masks_equal_reference(rows_columns: tuple[int, int]) -> None:
+    """Image-sized masks (the sizes issue #15 times): a disc, many small blobs, noise."""
+    rows, columns = rows_columns
+    rng = np.random.default_rng(rows)
+    yy, xx = np.ogrid[:rows, :columns]
+    disc = (yy - rows / 2) ** 2 + (xx - columns / 3) ** 2 < (rows / 5) ** 2
+    blobs = np.zeros((rows, columns), dtype=bool)
+    for y, x in zip(rng.integers(0, rows, 200), rng.integers(0, columns, 200), strict=True):
+        blobs[y : y + 9, x : x + 7] = True
+    noise = rng.random((rows, columns)) < 0.02
+    full_height = np.zeros((rows, columns), dtype=bool)
+    full_height[:, 100:300] = True
+    full_height[rows - 5 :, 300] = True
+    full_height[:3, 301] = True
+    for mask in (disc, blobs, noise, full_height):
+        _assert_all_agree(mask)
+
+
+def test_decode_coco_fast_path_keeps_validation() -> None:
+    # Plain int lists take a fast path; everything else still goes through _as_int.
+    assert decode_coco_rle({"size": [2, 3], "counts": (0, 2, 4)})[:, 0].all()
+    assert decode_coco_rle({"size": [2, 3], "counts": np.array([0, 2, 4])})[:, 0].all()
+    with pytest.raises(ValueError):
+        decode_coco_rle({"size": [2, 3], "counts": [0, 2, 4.5]})
+    with pytest.raises(ValueError):
+        decode_coco_rle({"size": [2, 3], "counts": [False, 6]})
