@@ -4,7 +4,9 @@ For a 2048x2048 and a 2500x3000 12-bit phantom, written in every transfer syntax
 writer supports, time decode + preprocess on **one core** (the process is pinned to one
 CPU and OpenCV to one thread) with every installed decoder plugin. Reported: median and
 p90 in ms, and the ratio to Explicit VR Little Endian measured in the same run (these
-machines are shared and noisy, so ratios travel better than absolute numbers).
+machines are shared and noisy, so ratios travel better than absolute numbers). JPEG 2000
+syntaxes get one more row, ``reduced (pillow)``: decoded only to the wavelet level that
+1024 needs (``read_dicom(min_side=1024)``, issue #15).
 
     uv run python -m benchmarks.bench_decode --out benchmarks/results/decode.json
 """
@@ -29,6 +31,7 @@ from imaging.dicom import read_dicom
 from imaging.dicom_writer import WRITABLE_TRANSFER_SYNTAXES, write_dicom
 from imaging.phantoms.dataset import generate_phantom
 from imaging.preprocess import preprocess
+from imaging.reduced import J2K_TRANSFER_SYNTAXES
 
 BASELINE = "1.2.840.10008.1.2.1"  # Explicit VR Little Endian
 SIZES = ((2048, 2048), (2500, 3000))
@@ -57,10 +60,20 @@ def phantom_bytes(rows: int, columns: int, syntax: str) -> bytes:
     return buffer.getvalue()
 
 
+#: pseudo-plugin row: JPEG 2000 / HTJ2K decoded only to the wavelet level that 1024 needs
+#: (``read_dicom(min_side=RESOLUTION)``, Pillow's OpenJPEG; see imaging/reduced.py and
+#: benchmarks/bench_j2k_reduce.py for its tolerance and AUROC check)
+REDUCED = "reduced (pillow)"
+
+
 def time_once(data: bytes, plugin: str | None) -> float:
     start = time.perf_counter()
-    decoded = read_dicom(data, decoding_plugin=plugin)
-    preprocess(decoded.pixels, RESOLUTION)
+    if plugin == REDUCED:
+        decoded = read_dicom(data, min_side=RESOLUTION)
+        preprocess(decoded.pixels, RESOLUTION, grid=decoded.grid)
+    else:
+        decoded = read_dicom(data, decoding_plugin=plugin)
+        preprocess(decoded.pixels, RESOLUTION)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -71,6 +84,12 @@ def measure(data: bytes, plugin: str | None, budget_s: float, min_reps: int) -> 
     while len(samples) < min_reps or (time.perf_counter() < deadline and len(samples) < 200):
         samples.append(time_once(data, plugin))
     return samples
+
+
+def plugins_for(syntax: str) -> list[str]:
+    """The installed plugins, plus the reduced decode for JPEG 2000 / HTJ2K."""
+    extra = [REDUCED] if syntax in J2K_TRANSFER_SYNTAXES else []
+    return plugin_order(syntax) + extra
 
 
 def run(budget_s: float, min_reps: int) -> dict[str, Any]:
@@ -85,7 +104,7 @@ def run(budget_s: float, min_reps: int) -> dict[str, Any]:
             except ValueError as exc:  # e.g. a syntax that cannot hold 12 bits
                 print(f"skip {syntax}: {exc}")
                 continue
-            for plugin in plugin_order(syntax):
+            for plugin in plugins_for(syntax):
                 try:
                     samples = measure(data, plugin or None, budget_s, min_reps)
                 except Exception as exc:

@@ -50,6 +50,7 @@ from imaging.errors import (
     UnsupportedTransferSyntaxError,
 )
 from imaging.header import HeaderFacts, header_facts
+from imaging.reduced import align_to_area_grid, decode_reduced
 
 logger = logging.getLogger(__name__)
 # pydicom warns about every oddity of real-world headers, quoting the offending value,
@@ -89,12 +90,25 @@ class DecodedImage:
     ``contrast``: :func:`imaging.display.display_contrast` of ``pixels``, measured by the
     display chain (the gate's blank-image rule reads it).
     ``timings_ms``: ``parse`` and ``decode`` (pixel decoding + display chain) in ms.
+    ``reduction``: ``2**r`` when a JPEG 2000 / HTJ2K image was decoded ``r`` wavelet levels
+    short of full resolution (``read_dicom(..., min_side=R)``), 1 for the full image. Then
+    ``pixels`` has shape ``(ceil(rows / 2**r), ceil(columns / 2**r))`` while ``facts`` keep
+    the header's (original) ``rows``, ``columns`` and pixel spacing: pass
+    :attr:`grid` to :func:`imaging.preprocess.preprocess` so the letterbox (and everything
+    mapped back through it) is that of the original grid. See :mod:`imaging.reduced` for
+    the pixel convention.
     """
 
     pixels: npt.NDArray[np.float32]
     facts: HeaderFacts
     contrast: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    reduction: int = 1
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The original image grid ``(rows, columns)`` that ``pixels`` cover."""
+        return self.facts.rows, self.facts.columns
 
 
 def read_dicom(
@@ -102,6 +116,7 @@ def read_dicom(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decoding_plugin: str | None = None,
+    min_side: int | None = None,
 ) -> DecodedImage:
     """Decode DICOM ``data`` to display pixels; see the module docstring for the rules.
 
@@ -110,21 +125,38 @@ def read_dicom(
     When the header's VOI leaves no contrast but the full stored range does, the stored
     range is used: ``facts.voi_source == "stored_range"`` and ``facts.voi_fallback`` holds
     a one-sentence note (see :func:`imaging.display.render`).
+
+    ``min_side``: the caller needs the image no finer than this many pixels on its shorter
+    side (the model resolution ``R``). A JPEG 2000 / HTJ2K image is then decoded at the
+    coarsest wavelet level whose shorter side is still ``>= min_side`` (see
+    :func:`imaging.reduced.choose_reduction`), through Pillow; ``reduction`` says by how
+    much, and any failure decodes the full image. Ignored with ``decoding_plugin`` and for
+    other transfer syntaxes. The display chain is the same either way.
     """
     start = time.perf_counter()
     ds = parse_dataset(data)
     facts = check_dataset(ds, max_pixels=max_pixels)
     parsed = time.perf_counter()
-    stored = decode_pixels(ds, facts, data, plugin=decoding_plugin)
+    reduced = (
+        decode_reduced(ds, facts, min_side)
+        if min_side is not None and decoding_plugin is None
+        else None
+    )
+    if reduced is not None:
+        stored, reduction = reduced.stored, reduced.factor
+    else:
+        stored, reduction = decode_pixels(ds, facts, data, plugin=decoding_plugin), 1
     pixels, transform, contrast = display.render(
         stored, ds, facts.bits_stored, facts.pixel_representation
     )
+    pixels = align_to_area_grid(pixels, reduction, (facts.rows, facts.columns))
     done = time.perf_counter()
     return DecodedImage(
         pixels=pixels,
         facts=facts.with_display(transform),
         contrast=contrast,
         timings_ms={"parse": (parsed - start) * 1e3, "decode": (done - parsed) * 1e3},
+        reduction=reduction,
     )
 
 

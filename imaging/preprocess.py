@@ -73,10 +73,24 @@ def resize_display(
     return np.asarray(out, dtype=np.float32)
 
 
-def preprocess(pixels: npt.NDArray[np.float32], resolution: int) -> ModelInput:
-    """Letterbox, resize and normalise display ``pixels`` to the model input at ``R``."""
+def preprocess(
+    pixels: npt.NDArray[np.float32],
+    resolution: int,
+    grid: tuple[int, int] | None = None,
+) -> ModelInput:
+    """Letterbox, resize and normalise display ``pixels`` to the model input at ``R``.
+
+    ``grid``: the original image grid ``(rows, columns)`` when ``pixels`` are a reduced
+    decode of it (:attr:`imaging.dicom.DecodedImage.grid`; JPEG 2000 decoded ``r`` wavelet
+    levels short, pixel ``i`` covering original pixels ``[2**r i, 2**r (i + 1))``, the
+    area-resizing convention). The geometry is then the letterbox of ``grid``, and the
+    reduced pixels are resized to the same content box the full image would be resized
+    to, so CAMs, masks and boxes map back to the original grid unchanged. None (default):
+    ``pixels`` are the full image.
+    """
     check_display_pixels(pixels)
-    geometry = LetterboxGeometry.fit(pixels.shape[0], pixels.shape[1], resolution)
+    rows, columns = grid if grid is not None else pixels.shape
+    geometry = LetterboxGeometry.fit(rows, columns, resolution)
     content = resize_display(pixels, geometry.content_rows, geometry.content_columns)
     lo, hi = float(content.min()), float(content.max())
     if not (lo >= -_TOLERANCE and hi <= 1 + _TOLERANCE):

@@ -118,7 +118,21 @@ def box_out(box: Box) -> BoxOut:
     )
 
 
-def image_block(facts: HeaderFacts) -> ImageBlock:
+def _heatmap_background(
+    pixels: npt.NDArray[np.float32], saliency: SaliencyResult
+) -> npt.NDArray[np.float32]:
+    """The display pixels on the saliency's (original) grid: a JPEG 2000 image decoded at a
+    reduced level is upsampled (bilinear; the heatmap is downscaled to at most
+    ``HEATMAP_MAX_SIDE`` afterwards anyway), a full decode is returned as it is."""
+    rows, columns = saliency.saliency.shape
+    if pixels.shape == (rows, columns):
+        return pixels
+    return np.asarray(
+        cv2.resize(pixels, (columns, rows), interpolation=cv2.INTER_LINEAR), dtype=np.float32
+    )
+
+
+def image_block(facts: HeaderFacts, decode_reduction: int = 1) -> ImageBlock:
     return ImageBlock(
         rows=facts.rows,
         columns=facts.columns,
@@ -130,6 +144,7 @@ def image_block(facts: HeaderFacts) -> ImageBlock:
         body_part_examined=facts.body_part_examined,
         view_position=facts.view_position,
         voi_fallback=facts.voi_fallback,
+        decode_reduction=decode_reduction,
     )
 
 
@@ -168,7 +183,7 @@ def encode_response(
             saliency,
             options.method,
             options.mask_format,
-            decoded.pixels if options.heatmap else None,
+            _heatmap_background(decoded.pixels, saliency) if options.heatmap else None,
             heatmap_max_side,
             saliency_map=options.saliency_map,
         )
@@ -193,7 +208,7 @@ def encode_response(
             in_distribution=answer.in_distribution,
             method=model.ood.method,
         ),
-        image=image_block(decoded.facts),
+        image=image_block(decoded.facts, decoded.reduction),
         saliency=block,
         boxes=[box_out(b) for b in saliency.boxes] if saliency else [],
         timings_ms=Timings(**timings),

@@ -102,10 +102,13 @@ def _timed(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[R, fl
 
 
 def _decode_and_gate(
-    body: bytes, max_pixels: int, gate: GateMode
+    body: bytes, max_pixels: int, gate: GateMode, min_side: int | None = None
 ) -> tuple[DecodedImage, list[Finding], float, float]:
-    """The decode and gate stages in one pool hop: ``(decoded, findings, seconds, seconds)``."""
-    decoded, decode_s = _timed(read_dicom, body, max_pixels=max_pixels)
+    """The decode and gate stages in one pool hop: ``(decoded, findings, seconds, seconds)``.
+
+    ``min_side``: the largest model resolution the request needs; a JPEG 2000 / HTJ2K
+    image is decoded no finer than that (``DecodedImage.reduction``), others in full."""
+    decoded, decode_s = _timed(read_dicom, body, max_pixels=max_pixels, min_side=min_side)
     if gate is GateMode.OFF:
         return decoded, [], decode_s, 0.0
     findings, gate_s = _timed(check_image, decoded.facts, decoded.pixels, decoded.contrast)
@@ -153,6 +156,7 @@ class Pipeline:
         max_pixels: int,
         heatmap_max_side: int,
         max_decode_backlog: int,
+        reduced_decode: bool = True,
     ) -> None:
         self.registry = registry
         self.batchers = batchers
@@ -162,6 +166,7 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.heatmap_max_side = heatmap_max_side
         self.max_decode_backlog = max_decode_backlog
+        self.reduced_decode = reduced_decode
         self.decoding = 0  # requests in or waiting for the decode pool (event-loop only)
 
     def models(self, resolutions: Sequence[int | None], method: str) -> list[ServedModel]:
@@ -184,7 +189,8 @@ class Pipeline:
             arrivals = [
                 stack.enter_context(self.batchers[m.resolution].on_the_way()) for m in models
             ]
-            await self.decode(ctx, body)
+            needed = max(m.resolution for m in models) if self.reduced_decode else None
+            await self.decode(ctx, body, min_side=needed)
             self.gate(ctx, models)
             return list(
                 await asyncio.gather(
@@ -193,13 +199,13 @@ class Pipeline:
             )
 
     # ------------------------------------------------------------------ shared stages
-    async def decode(self, ctx: RequestContext, body: bytes) -> None:
+    async def decode(self, ctx: RequestContext, body: bytes, min_side: int | None = None) -> None:
         """decode + gate's checks, off the event loop.
 
         Admission control: decoding is the first CPU stage, so a burst piles up here
         before any inference queue fills; past ``max_decode_backlog`` requests in or
         waiting for the pool, new ones get 503 rather than an ever-growing wait."""
-        job = partial(_decode_and_gate, body, self.max_pixels, self.gate_mode)
+        job = partial(_decode_and_gate, body, self.max_pixels, self.gate_mode, min_side)
         decoded, findings, decode_s, gate_s = await self._admitted(job)
         ctx.decoded, ctx.findings = decoded, findings
         ctx.seconds.update(decode=decode_s, gate=gate_s)
@@ -235,7 +241,8 @@ class Pipeline:
         assert ctx.decoded is not None, "decode runs first"
         loop = asyncio.get_running_loop()
         model_input, preprocess_s = await loop.run_in_executor(
-            self.pool, partial(_timed, preprocess, ctx.decoded.pixels, model.resolution)
+            self.pool,
+            partial(_timed, preprocess, ctx.decoded.pixels, model.resolution, ctx.decoded.grid),
         )
         inference = await self.batchers[model.resolution].infer(
             model_input.image, ctx.options.method, ctx.deadline, arrival

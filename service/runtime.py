@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
 from cxrmodel.vocab import Device
+from imaging.reduced import configure_decoder_threads
 from service.batching import Batcher
 from service.metrics import Metrics
 from service.pacs.delivery import CStoreSender, Sender, StowSender
@@ -43,6 +45,9 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        # OpenJPEG threads per decode: the cores left over by the decode pool's threads (1
+        # where the pool already fills them; more on a large machine with few workers)
+        configure_decoder_threads(max(1, (os.cpu_count() or 1) // s.decode_workers))
         # Loading and warming is CPU work, in a thread: the loop stays free to act on
         # signals meanwhile (the server listens only after this lifespan step).
         registry = await asyncio.to_thread(load_registry, s)
@@ -77,6 +82,7 @@ class ServiceRuntime:
             self.metrics,
             gate=s.gate,
             max_pixels=s.max_pixels,
+            reduced_decode=s.reduced_decode,
             heatmap_max_side=s.heatmap_max_side,
             max_decode_backlog=s.max_queue + s.decode_workers,
         )

@@ -39,6 +39,12 @@ class ImageBlock(BaseModel):
         description="set when the header's window left no contrast and the full stored "
         "range was used instead (what the model saw)",
     )
+    decode_reduction: int = Field(
+        1,
+        description="1 when the full image was decoded; 2**r when a JPEG 2000 / HTJ2K "
+        "image was decoded r wavelet levels short, because the model needed no finer "
+        "(rows and columns above, and every coordinate in the answer, are the original's)",
+    )
 
 
 class MaskBlock(BaseModel):

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # --- input limits
     max_upload_mb: float = Field(100.0, gt=0)
     max_pixels: int = Field(36_000_000, ge=1, description="rows * columns budget, from the header")
+    reduced_decode: bool = Field(
+        True,
+        description="decode JPEG 2000 / HTJ2K only to the wavelet level the model resolution "
+        "needs (resolution reduction); false always decodes the full image",
+    )
     heatmap_max_side: int = Field(1024, ge=64, description="longest side of heatmap PNGs")
 
     # --- PACS integration (DESIGN "DICOMweb and DIMSE"): jobs, C-STORE SCP, delivery
