@@ -223,6 +223,17 @@ def auroc(n: int, size: int, models_dir: Path) -> dict[str, Any]:
             "max_abs_logit_diff": round(float(np.abs(full - red).max()), 4),
             "same_decision_at_0": int(np.sum((full > 0) == (red > 0))),
         }
+        # "unchanged" as a test, not a reading of two numbers: paired DeLong on the same
+        # images, with the 95% interval of the difference (full - reduced)
+        from training.statistics import paired_delong
+
+        paired = paired_delong(labels, full, red)
+        entry["delong_difference"] = round(paired.difference, 4)
+        entry["delong_ci95"] = [
+            round(paired.difference - 1.96 * paired.se, 4),
+            round(paired.difference + 1.96 * paired.se, 4),
+        ]
+        entry["delong_p"] = round(paired.p_value, 4)
         result["per_resolution"].append(entry)
         print("auroc", entry, flush=True)
     return result

@@ -1,7 +1,15 @@
-"""Torch backend: the reference. Eager model from the ``.pt`` checkpoint, saliency from
-pytorch-grad-cam.
+"""Torch backend: the reference. Eager model from the ``.pt`` checkpoint; ``gradcam`` from
+the model's closed form in one forward pass, every method also from pytorch-grad-cam.
 
-Every method is pytorch-grad-cam's own class on the model's target layer
+``method="gradcam"`` runs :class:`service.backends.torch_fast.ClosedFormRunner`:
+``forward_explained`` (logit, CAM and embedding in one forward pass, no backward pass, the
+arithmetic of the ONNX graph) under ``torch.inference_mode()``; on CUDA with channels-last,
+bf16 (or fp16) autocast and one CUDA graph per batch size (see that module for the
+choices and why). ``name`` says what runs it: ``torch:cpu``, ``torch:cuda:bf16:cudagraph``,
+``torch:cuda:fp32:eager``. ``closed_form_gradcam=False`` sends ``gradcam`` through
+pytorch-grad-cam as well (the reference the closed form is tested against).
+
+For pytorch-grad-cam, every method is pytorch-grad-cam's own class on the model's target layer
 (``features.relu5``, the last feature map after its ReLU) with ``ClassifierOutputTarget(0)``
 (the pneumothorax logit), evaluated at the feature grid ``R/32`` rather than resized to
 the input: the resize and everything after it (normalisation, mapping to the original
@@ -45,6 +53,7 @@ from service.backends.base import (
     check_batch,
     split_outputs,
 )
+from service.backends.torch_fast import ClosedFormRunner, Precision, require_cuda
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +85,14 @@ def _at_grid(cam_class: type[BaseCAM], grid: int) -> BaseCAM:
 
 
 class TorchBackend(Backend):
-    """A :class:`cxrmodel.networks.CXRClassifier` rebuilt from a checkpoint."""
+    """A :class:`cxrmodel.networks.CXRClassifier` rebuilt from a checkpoint.
+
+    ``closed_form_gradcam``: ``gradcam`` through :class:`ClosedFormRunner` (default) or
+    pytorch-grad-cam. The runner's options (defaults: what the device does best):
+    ``precision`` (``auto``: bf16, or fp16 on GPUs without bf16, on CUDA; fp32 on CPU),
+    ``channels_last`` (on CUDA) and ``cuda_graphs`` (on CUDA; ``False`` runs eagerly).
+    The pytorch-grad-cam methods always run float32 and eagerly.
+    """
 
     methods = tuple(METHODS)
 
@@ -87,14 +103,16 @@ class TorchBackend(Backend):
         *,
         device: Device = Device.CPU,
         intra_op_threads: int = 1,
+        closed_form_gradcam: bool = True,
+        precision: Precision = "auto",
+        channels_last: bool | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         # Imported here: the ONNX Runtime path of the service needs no torch model code.
         from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint
 
-        if device == Device.CUDA and not torch.cuda.is_available():
-            raise RuntimeError(
-                "SHARPCXR_DEVICE=cuda but torch sees no CUDA device; set SHARPCXR_DEVICE=cpu"
-            )
+        if device == Device.CUDA:
+            require_cuda()
         torch.set_num_threads(intra_op_threads)
         try:
             state = load_checkpoint(checkpoint_path)
@@ -107,11 +125,37 @@ class TorchBackend(Backend):
         self.model = model.to(self.device).eval()
         self.resolution = resolution
         self.grid = resolution // 32
-        self.name = f"torch:{self.device.type}"
         self._classes = {name: _at_grid(cls, self.grid) for name, cls in METHODS.items()}
+        self._closed_form: ClosedFormRunner | None = None
+        if closed_form_gradcam:
+            self._closed_form = ClosedFormRunner(
+                self.model,
+                resolution,
+                self.device,
+                precision=precision,
+                channels_last=channels_last,
+                cuda_graphs=cuda_graphs,
+            )
+            self.name = f"torch:{self._closed_form.label}"
+        else:
+            self.name = f"torch:{self.device.type}:grad-cam"
+
+    def warm(self, batch_sizes: tuple[int, ...], embedding_size: int) -> None:
+        """Capture the CUDA graphs of every batch size up to the largest warmed one (the
+        service's ``MAX_BATCH_SIZE``), then run :meth:`Backend.warm`."""
+        if self._closed_form is not None and batch_sizes:
+            self._closed_form.prepare(max(batch_sizes))
+        super().warm(batch_sizes, embedding_size)
 
     def infer(self, images: FloatArray, method: str = DEFAULT_METHOD) -> InferenceOutput:
-        batch = torch.from_numpy(check_batch(images, self.resolution)).to(self.device)
+        checked = check_batch(images, self.resolution)
+        if method == DEFAULT_METHOD and self._closed_form is not None:
+            logits, cams, embeddings = self._closed_form(checked)
+            return split_outputs(logits, cams, embeddings, len(checked))
+        return self._grad_cam(checked, method)
+
+    def _grad_cam(self, checked: FloatArray, method: str) -> InferenceOutput:
+        batch = torch.from_numpy(checked).to(self.device)
         targets: list[Any] = [ClassifierOutputTarget(0)] * len(batch)
         # The context manager removes the hooks it registered on the target layer.
         with self._classes[method](self.model, target_layers=[self.model.target_layer]) as cam:
@@ -124,6 +168,9 @@ class TorchBackend(Backend):
         return split_outputs(logits, cams, embeddings, len(batch))
 
     def close(self) -> None:
+        if self._closed_form is not None:
+            self._closed_form.close()
+            self._closed_form = None
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

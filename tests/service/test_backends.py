@@ -63,3 +63,26 @@ def test_provider_choice_for_cpu_and_cuda() -> None:
     assert choose_providers(Device.CUDA, gpu) == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("resolution", [128, 256])
+def test_pytorch_grad_cam_reference_equals_onnx_in_graph_cam(
+    models_dir: Path, resolution: int
+) -> None:
+    """``gradcam`` runs the closed form by default; pytorch-grad-cam (forward + backward)
+    stays the reference it is held to."""
+    ort_backend = OnnxRuntimeBackend(model_file(models_dir, resolution, "onnx"), resolution)
+    reference = TorchBackend(
+        model_file(models_dir, resolution, "pt"), resolution, closed_form_gradcam=False
+    )
+    assert reference.name == "torch:cpu:grad-cam"
+    phantoms = [phantom(i, size=600) for i in range(3)] + [phantom(9, size=600, positive=False)]
+    inputs = [preprocess(p.pixels, resolution) for p in phantoms]
+    batch = np.stack([m.image for m in inputs])
+    a, b = ort_backend.infer(batch), reference.infer(batch)
+    assert np.abs(a.logits - b.logits).max() <= 1e-4
+    assert np.abs(a.embeddings - b.embeddings).max() <= 1e-4 * max(1.0, np.abs(a.embeddings).max())
+    for cam_a, cam_b, mi in zip(a.cams, b.cams, inputs, strict=True):
+        sa, sb = explain(cam_a, mi.geometry), explain(cam_b, mi.geometry)
+        assert np.abs(sa.saliency - sb.saliency).max() <= 1e-3
+        assert mask_iou(sa.mask, sb.mask) >= 0.95
