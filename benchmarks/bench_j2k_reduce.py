@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -83,9 +84,14 @@ def htj2k_dicom(ph: Any, profile: Any) -> bytes:
     return buffer.getvalue()
 
 
+# the service's REDUCED_DECODE modes: decode no finer than FACTOR x R (service/pipeline.py)
+MODES = {"fast": 1, "accurate": 2}
+FACTOR = MODES["fast"]
+
+
 def model_input(data: bytes, resolution: int, reduced: bool) -> tuple[npt.NDArray[Any], int]:
     """``(1, R, R)`` model input and the reduction factor used (1 = full decode)."""
-    decoded = read_dicom(data, min_side=resolution if reduced else None)
+    decoded = read_dicom(data, min_side=resolution * FACTOR if reduced else None)
     return preprocess(decoded.pixels, resolution, grid=decoded.grid).image, decoded.reduction
 
 
@@ -243,6 +249,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/j2k_reduce.json"))
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument(
+        "--mode",
+        choices=sorted(MODES),
+        default="fast",
+        help="REDUCED_DECODE mode: decode no finer than R (fast) or 2R",
+    )
     parser.add_argument("--auroc-n", type=int, default=40)
     parser.add_argument("--auroc-size", type=int, default=1024)
     parser.add_argument("--models", type=Path, default=Path("models"))
@@ -250,11 +262,14 @@ def main() -> None:
         "--sections", default="tolerance,timing,auroc", help="comma-separated subset"
     )
     args = parser.parse_args()
+    global FACTOR
+    FACTOR = MODES[args.mode]
     cv2.setNumThreads(1)
     sections = set(args.sections.split(","))
     report: dict[str, Any] = {
         "benchmark": "JPEG 2000 reduced-resolution decode vs full decode (issue #15)",
-        "command": COMMAND,
+        "command": "uv run python -m benchmarks.bench_j2k_reduce " + " ".join(sys.argv[1:]),
+        "mode": args.mode,
         "machine": {
             "cpus_usable": len(os.sched_getaffinity(0)),
             "platform": platform.platform(),

@@ -156,7 +156,7 @@ class Pipeline:
         max_pixels: int,
         heatmap_max_side: int,
         max_decode_backlog: int,
-        reduced_decode: bool = True,
+        reduced_decode: str = "accurate",
     ) -> None:
         self.registry = registry
         self.batchers = batchers
@@ -189,14 +189,24 @@ class Pipeline:
             arrivals = [
                 stack.enter_context(self.batchers[m.resolution].on_the_way()) for m in models
             ]
-            needed = max(m.resolution for m in models) if self.reduced_decode else None
-            await self.decode(ctx, body, min_side=needed)
+            await self.decode(ctx, body, min_side=self._min_side(models))
             self.gate(ctx, models)
             return list(
                 await asyncio.gather(
                     *(self.answer(ctx, m, a) for m, a in zip(models, arrivals, strict=True))
                 )
             )
+
+    def _min_side(self, models: Sequence[ServedModel]) -> int | None:
+        """How fine a JPEG 2000 image must be decoded for ``models``: the largest resolution
+        (``fast``), twice it so the final resize still averages (``accurate``), or in full
+        (``off``). Twice: the wavelet low-pass is sharper than area averaging, and one
+        level of area averaging after it brings the input back within 0.015 of the full
+        decode, against 0.06 without (README "JPEG 2000 and HTJ2K")."""
+        if self.reduced_decode == "off":
+            return None
+        needed = max(m.resolution for m in models)
+        return needed * 2 if self.reduced_decode == "accurate" else needed
 
     # ------------------------------------------------------------------ shared stages
     async def decode(self, ctx: RequestContext, body: bytes, min_side: int | None = None) -> None:

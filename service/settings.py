@@ -97,10 +97,12 @@ class Settings(BaseSettings):
     # --- input limits
     max_upload_mb: float = Field(100.0, gt=0)
     max_pixels: int = Field(36_000_000, ge=1, description="rows * columns budget, from the header")
-    reduced_decode: bool = Field(
-        True,
-        description="decode JPEG 2000 / HTJ2K only to the wavelet level the model resolution "
-        "needs (resolution reduction); false always decodes the full image",
+    reduced_decode: Literal["accurate", "fast", "off"] = Field(
+        "accurate",
+        description="JPEG 2000 / HTJ2K decoded only to the wavelet level the request needs: "
+        "accurate = at least twice the model resolution, then area-resized (model input "
+        "within 0.015 of the full decode); fast = at least the model resolution (within "
+        "0.06; 3-4x faster to 1024 px); off = always the full image",
     )
     heatmap_max_side: int = Field(1024, ge=64, description="longest side of heatmap PNGs")
 
