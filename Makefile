@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen $(EXTRAS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help uv install serve test test-all models bench lint openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
+.PHONY: help uv install serve test test-all models bench bench-vs bench-gpu lint openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,16 @@ bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prin
 	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json --budget-s 6
 	$(RUN) python -m benchmarks.bench_service --out benchmarks/results/service.json
 	$(RUN) python -m benchmarks.bench_pacs --out benchmarks/results/pacs.json
+	$(RUN) python -m benchmarks.bench_rle --out benchmarks/results/rle.json
+	$(RUN) python -m benchmarks.bench_j2k_reduce --mode accurate --auroc-n 100 --out benchmarks/results/j2k_reduce_accurate.json
+	$(RUN) python -m benchmarks.bench_j2k_reduce --mode fast --auroc-n 100 --out benchmarks/results/j2k_reduce.json
+
+BASE ?= HEAD~1
+bench-vs: install  ## this tree's service against commit $(BASE) (default HEAD~1), same run, same models: 1, 4, 8 clients at 1024 px
+	$(RUN) python -m benchmarks.bench_vs_commit --base $(BASE) --resolution 1024 --concurrency 1,4,8 --requests 64 --rounds 2 --out benchmarks/results/vs_commit.json
+
+bench-gpu: install  ## DenseNet-121 model-only on CUDA: eager fp32 vs the torch fast path (and ONNX Runtime CUDA where installed); a smoke run without a GPU
+	$(RUN) python -m benchmarks.bench_torch_gpu
 
 lint: install  ## ruff + mypy (strict on imaging/ and service/)
 	$(RUN) ruff check .
