@@ -158,14 +158,29 @@ def choose_reduction(rows: int, columns: int, min_side: int, *, levels: int = 32
     """The exponent ``r``: the largest with ``min(rows, columns) / 2**r >= min_side * MARGIN``.
 
     Capped by the codestream's decomposition ``levels``; 0 means the full resolution.
+    Also capped where Pillow's idea of the reduced size differs from OpenJPEG's: Pillow
+    (13) sizes its buffer as ``round(N / 2**r)`` (half up), OpenJPEG writes
+    ``ceil(N / 2**r)``, and where they differ (``N % 4 == 1`` at ``r = 2``, for example)
+    the load fails after decoding, which would cost a failed try plus the full decode.
     """
     if min_side < 1:
         raise ValueError(f"min_side must be positive, got {min_side}")
     shorter = min(rows, columns)
     r = 0
-    while r < levels and shorter / 2 ** (r + 1) >= min_side * MARGIN:
+    while (
+        r < levels
+        and shorter / 2 ** (r + 1) >= min_side * MARGIN
+        and _pillow_size_agrees(rows, r + 1)
+        and _pillow_size_agrees(columns, r + 1)
+    ):
         r += 1
     return r
+
+
+def _pillow_size_agrees(n: int, r: int) -> bool:
+    """Pillow's reduced size ``int((n + 2**(r-1)) / 2**r)`` equals OpenJPEG's ceil."""
+    factor = 1 << r
+    return (n + factor // 2) // factor == -(-n // factor)
 
 
 def configure_decoder_threads(threads: int | str | None = None) -> str:

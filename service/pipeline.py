@@ -201,7 +201,7 @@ class Pipeline:
         """How fine a JPEG 2000 image must be decoded for ``models``: the largest resolution
         (``fast``), twice it so the final resize still averages (``accurate``), or in full
         (``off``). Twice: the wavelet low-pass is sharper than area averaging, and one
-        level of area averaging after it brings the input back within 0.015 of the full
+        level of area averaging after it brings the input back within 0.022 of the full
         decode, against 0.06 without (README "JPEG 2000 and HTJ2K")."""
         if self.reduced_decode == "off":
             return None

@@ -47,7 +47,7 @@ class ServiceRuntime:
         s = self.settings
         # OpenJPEG threads per decode: the cores left over by the decode pool's threads (1
         # where the pool already fills them; more on a large machine with few workers)
-        configure_decoder_threads(max(1, (os.cpu_count() or 1) // s.decode_workers))
+        configure_decoder_threads(max(1, len(os.sched_getaffinity(0)) // s.decode_workers))
         # Loading and warming is CPU work, in a thread: the loop stays free to act on
         # signals meanwhile (the server listens only after this lifespan step).
         registry = await asyncio.to_thread(load_registry, s)

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "accurate",
         description="JPEG 2000 / HTJ2K decoded only to the wavelet level the request needs: "
         "accurate = at least twice the model resolution, then area-resized (model input "
-        "within 0.015 of the full decode); fast = at least the model resolution (within "
+        "within 0.022 of the full decode); fast = at least the model resolution (within "
         "0.06; 3-4x faster to 1024 px); off = always the full image",
     )
     heatmap_max_side: int = Field(1024, ge=64, description="longest side of heatmap PNGs")

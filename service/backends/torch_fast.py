@@ -249,7 +249,19 @@ class ClosedFormRunner:
                 with torch.inference_mode():
                     x = self._prepare_input(self._staged(batch).to(self.device, non_blocking=True))
                     return self._to_numpy(self.forward(x), n)
-            graph = self.graph_for(bucket_for(n, self._graphs))
+            graph = self._graphs.get(bucket_for(n, self._graphs))
+            if graph is None:
+                # Beyond the captured buckets (a batch above MAX_BATCH_SIZE's warm-up):
+                # eager, not a capture, which would synchronise the whole device and empty
+                # its cache under the other resolutions' threads.
+                log.warning(
+                    "batch %d above the captured CUDA graphs: run eagerly",
+                    n,
+                    extra={"resolution": self.resolution},
+                )
+                with torch.inference_mode():
+                    x = self._prepare_input(self._staged(batch).to(self.device, non_blocking=True))
+                    return self._to_numpy(self.forward(x), n)
             with torch.inference_mode():
                 graph.inp[:n].copy_(self._staged(batch), non_blocking=True)
                 graph.graph.replay()
@@ -267,7 +279,10 @@ class ClosedFormRunner:
         with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
             # One static input for all of them (bucket b reads its first b rows).
             self._input = self._empty_input(max(sizes))
-            for size in sizes:
+            # Largest first: the pool the graphs share then holds the largest graph's
+            # blocks, which the smaller ones reuse (smallest first would leave small
+            # freed blocks the larger graphs cannot use).
+            for size in sorted(sizes, reverse=True):
                 self._capture(size, self._input[:size])
         log.info(
             "captured CUDA graphs",
@@ -275,8 +290,9 @@ class ClosedFormRunner:
         )
 
     def graph_for(self, size: int) -> CapturedGraph:
-        """The captured graph of batch size ``size``, captured now if it is missing (a
-        warning: normally :meth:`prepare` captured it at start-up)."""
+        """The captured graph of batch size ``size``, captured now if it is missing. For
+        tests and start-up only: serving runs eagerly past the captured buckets (see
+        ``__call__``)."""
         graph = self._graphs.get(size)
         if graph is None:
             if not self.cuda_graphs:
