@@ -65,16 +65,22 @@ def phantom_dicom(
 
 
 def htj2k_dicom(ph: Any, profile: Any) -> bytes:
-    """HTJ2K lossless via imagecodecs (OpenJPH), encapsulated by hand (no writer has it)."""
+    """The phantom, stored as its site stores it, as HTJ2K lossless."""
+    _, ds = encode_phantom(ph, profile, transfer_syntax="explicit-le", bits_stored=12)
+    return htj2k_encapsulate(ds)
+
+
+def htj2k_encapsulate(ds: Any) -> bytes:
+    """``ds`` (native pixels) as HTJ2K lossless DICOM bytes: the codestream from imagecodecs
+    (OpenJPH), encapsulated by hand, as no DICOM writer here encodes HTJ2K. The tests make
+    their HTJ2K files with it too."""
     import io
 
     import imagecodecs
     from pydicom.encaps import encapsulate
     from pydicom.uid import UID
 
-    _, ds = encode_phantom(ph, profile, transfer_syntax="explicit-le", bits_stored=12)
-    stored = ds.pixel_array
-    codestream = bytes(imagecodecs.htj2k_encode(stored, reversible=True))
+    codestream = bytes(imagecodecs.htj2k_encode(ds.pixel_array, reversible=True))
     ds.PixelData = encapsulate([codestream])
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True

@@ -27,12 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import pycocotools.mask as coco_mask  # type: ignore[import-untyped]
 
+from benchmarks import rle_before
 from imaging.geometry import LetterboxGeometry
 from imaging.rle import (
-    SIIM_EMPTY,
-    CocoRle,
-    _as_int,
-    _check_size,
     decode_coco_rle,
     decode_siim_rle,
     encode_coco_rle,
@@ -42,68 +39,6 @@ from imaging.saliency import explain
 
 SIZES = ((2048, 2048), (2500, 3000))
 COMMAND = "uv run python -m benchmarks.bench_rle --out benchmarks/results/rle.json"
-
-
-# ------------------------------------------------ the implementation before issue #15
-def _old_runs(mask: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], flat, [0])).astype(np.int8)))
-    return edges[0::2].astype(np.int64), (edges[1::2] - edges[0::2]).astype(np.int64)
-
-
-def old_encode_coco(mask: npt.NDArray[Any]) -> CocoRle:
-    starts, lengths = _old_runs(mask)
-    rows, columns = int(mask.shape[0]), int(mask.shape[1])
-    ends = starts + lengths
-    counts = np.empty(2 * starts.size, dtype=np.int64)
-    counts[0::2] = starts - np.concatenate(([0], ends[:-1]))
-    counts[1::2] = lengths
-    tail = rows * columns - (int(ends[-1]) if ends.size else 0)
-    out = counts.tolist()
-    if tail > 0 or not out:
-        out.append(tail)
-    return {"size": [rows, columns], "counts": out}
-
-
-def old_encode_siim(mask: npt.NDArray[Any]) -> str:
-    starts, lengths = _old_runs(mask)
-    if starts.size == 0:
-        return SIIM_EMPTY
-    ends = starts + lengths
-    pairs = np.empty(2 * starts.size, dtype=np.int64)
-    pairs[0::2] = starts - np.concatenate(([0], ends[:-1]))
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
-
-
-def old_decode_coco(rle: CocoRle) -> npt.NDArray[np.bool_]:
-    rows, columns = _check_size(*rle["size"])
-    counts_list = [_as_int(c, "a COCO RLE count") for c in rle["counts"]]
-    if counts_list and min(counts_list) < 0:
-        raise ValueError("COCO RLE counts must be non-negative")
-    if sum(counts_list) != rows * columns:
-        raise ValueError("COCO RLE counts do not sum to rows * columns")
-    values = np.zeros(len(counts_list), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, np.asarray(counts_list, dtype=np.int64)).reshape(
-        (rows, columns), order="F"
-    )
-
-
-def old_decode_siim(rle: str, rows: int, columns: int) -> npt.NDArray[np.bool_]:
-    rows, columns = _check_size(rows, columns)
-    flat = np.zeros(rows * columns, dtype=bool)
-    if rle.strip() in ("", SIIM_EMPTY):
-        return flat.reshape((rows, columns), order="F")
-    tokens = [int(v) for v in rle.split()]
-    if len(tokens) % 2 or min(tokens) < 0 or sum(tokens) > rows * columns:
-        raise ValueError("malformed SIIM RLE")
-    values = np.array(tokens, dtype=np.int64)
-    gaps, lengths = values[0::2], values[1::2]
-    starts = np.cumsum(gaps) + np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    for start, end in zip(starts.tolist(), (starts + lengths).tolist(), strict=True):
-        flat[start:end] = True
-    return flat.reshape((rows, columns), order="F")
 
 
 def pycocotools_encode(mask: npt.NDArray[Any]) -> Any:
@@ -165,8 +100,8 @@ def run(budget_s: float, min_reps: int) -> dict[str, Any]:
             rle = encode_coco_rle(mask)
             siim = encode_siim_rle(mask)
             # Identical output first (the unit tests check this on many more masks).
-            assert rle == old_encode_coco(mask), kind
-            assert siim == old_encode_siim(mask), kind
+            assert rle == rle_before.encode_coco(mask), kind
+            assert siim == rle_before.encode_siim(mask), kind
             assert bytes(coco_mask.frPyObjects(dict(rle), rows, columns)["counts"]) == bytes(
                 pycocotools_encode(mask)["counts"]
             ), kind
@@ -174,14 +109,14 @@ def run(budget_s: float, min_reps: int) -> dict[str, Any]:
             assert np.array_equal(decode_siim_rle(siim, rows, columns), mask), kind
             reps = min_reps if kind != "noise 50%" else 3
             functions: dict[str, Callable[[], object]] = {
-                "coco_old": partial(old_encode_coco, mask),
+                "coco_old": partial(rle_before.encode_coco, mask),
                 "coco_new": partial(encode_coco_rle, mask),
                 "pycocotools": partial(pycocotools_encode, mask),
-                "siim_old": partial(old_encode_siim, mask),
+                "siim_old": partial(rle_before.encode_siim, mask),
                 "siim_new": partial(encode_siim_rle, mask),
-                "decode_coco_old": partial(old_decode_coco, rle),
+                "decode_coco_old": partial(rle_before.decode_coco, rle),
                 "decode_coco_new": partial(decode_coco_rle, rle),
-                "decode_siim_old": partial(old_decode_siim, siim, rows, columns),
+                "decode_siim_old": partial(rle_before.decode_siim, siim, rows, columns),
                 "decode_siim_new": partial(decode_siim_rle, siim, rows, columns),
             }
             t = {name: median_ms(fn, budget_s, reps) for name, fn in functions.items()}

@@ -376,10 +376,15 @@ class Server:
 
 @contextlib.contextmanager
 def server(
-    name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path, timeout_s: float
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    log_dir: Path,
+    timeout_s: float,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[Server]:
-    """Start ``argv`` (which must listen on the port in ``{port}``), wait for ``/readyz``
-    200, yield it and always terminate it (SIGTERM, then SIGKILL after 15 s)."""
+    """Start ``argv`` (which must listen on the port in ``{port}``) in ``cwd``, wait for
+    ``/readyz`` 200, yield it and always terminate it (SIGTERM, then SIGKILL after 15 s)."""
     import httpx
 
     port = free_port()
@@ -388,7 +393,7 @@ def server(
     process = subprocess.Popen(
         [a.replace("{port}", str(port)) for a in argv],
         env={**os.environ, **env},
-        cwd=REPO_ROOT,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

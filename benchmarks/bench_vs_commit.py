@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from benchmarks.bench_service import free_port
+from benchmarks.bench_service import server, service_argv
 from benchmarks.bench_training import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,36 +46,14 @@ def worktree(commit: str) -> Iterator[Path]:
 
 
 @contextmanager
-def service(tree: Path, models: Path, resolution: int, log: Path) -> Iterator[str]:
-    """``python -m service`` from ``tree`` (its own code, this venv's packages)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARPCXR_")}
-    env.update({"PYTHONPATH": str(tree), "SHARPCXR_MODELS_DIR": str(models),
-                "SHARPCXR_RESOLUTIONS": str(resolution),
-                "SHARPCXR_DATA_DIR": str(log.parent / f"data-{port}")})  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"service from {tree} exited; see {log}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise RuntimeError(f"service from {tree} not ready in 180 s; see {log}")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def service(tree: Path, models: Path, resolution: int, log_dir: Path) -> Iterator[str]:
+    """``python -m service`` from ``tree`` (its own code: the working directory comes first
+    on ``sys.path``; this venv's packages)."""
+    env = {"PYTHONPATH": str(tree), "SHARPCXR_MODELS_DIR": str(models),
+           "SHARPCXR_RESOLUTIONS": str(resolution),
+           "SHARPCXR_DATA_DIR": str(log_dir / f"data-{tree.name}")}  # fmt: skip
+    with server(tree.name, service_argv(), env, log_dir, timeout_s=180, cwd=tree) as srv:
+        yield srv.base_url
 
 
 def sweep(url: str, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
@@ -158,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with worktree(args.base) as base_tree:
         for round_ in range(args.rounds):
             for tree_name, tree in (("base", base_tree), ("head", REPO)):
-                log = work / f"{tree_name}.log"
-                with service(tree, args.models.resolve(), args.resolution, log) as url:
+                with service(tree, args.models.resolve(), args.resolution, work) as url:
                     rows = sweep(url, args, work / f"{tree_name}-{round_}.json")
                 runs[tree_name].append(rows)
                 sys.stderr.write(f"vs_commit: round {round_ + 1} {tree_name} done\n")

@@ -13,14 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import Server, free_port
 from tests.service.conftest import phantom, phantom_dicom
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,34 +69,15 @@ def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def serving(serving_venv: Path, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[str]:  # fmt: skip
-    port = free_port()
+    """The serving install's interpreter, run outside the repository (so nothing can come
+    from the source tree)."""
     data = tmp_path_factory.mktemp("serving-data")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SHARPCXR_", "VIRTUAL_ENV"))}
-    env.update({"SHARPCXR_MODELS_DIR": str(models_dir), "SHARPCXR_DATA_DIR": str(data)})
-    log = (data / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(serving_venv / "bin" / "sharpcxr"), "serve", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=data, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = Server(models_dir, data / "serve.log", python=str(serving_venv / "bin" / "python"),
+                    cwd=data)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (data / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("the serving install was not ready in 120 s")
-        yield url
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 def test_the_serving_install_has_no_torch(serving_venv: Path) -> None:

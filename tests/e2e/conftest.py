@@ -28,7 +28,18 @@ def free_port() -> int:
 class Server:
     """A running service process; ``log`` is its stderr (JSON lines)."""
 
-    def __init__(self, models: Path, log_path: Path, **settings: str) -> None:
+    def __init__(
+        self,
+        models: Path,
+        log_path: Path,
+        *,
+        python: str = sys.executable,
+        cwd: Path = REPO,
+        **settings: str,
+    ) -> None:
+        """``python -m service`` in ``cwd``: this interpreter and the repository by default;
+        another virtual environment's interpreter, outside the repository, to serve from
+        an installed wheel (tests/deploy/test_serving_install.py)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -41,8 +52,8 @@ class Server:
         env.update({f"SHARPCXR_{k.upper()}": v for k, v in settings.items()})
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO,
+            [python, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

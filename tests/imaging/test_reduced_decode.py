@@ -10,9 +10,9 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import UID
+from pydicom.encaps import generate_frames
 
+from benchmarks.bench_j2k_reduce import htj2k_encapsulate
 from imaging import reduced
 from imaging.dicom import read_dicom
 from imaging.dicom_writer import write_dicom
@@ -34,16 +34,9 @@ def _phantom_bytes(rows: int, columns: int, syntax: str, **kwargs: Any) -> bytes
 
 
 def _htj2k_bytes(stored: npt.NDArray[np.uint16]) -> bytes:
-    imagecodecs = pytest.importorskip("imagecodecs")
+    pytest.importorskip("imagecodecs")
     buffer = io.BytesIO()
-    ds = write_dicom(buffer, stored, bits_stored=12)
-    ds.PixelData = encapsulate([bytes(imagecodecs.htj2k_encode(stored, reversible=True))])
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.file_meta.TransferSyntaxUID = UID(HTJ2K_LOSSLESS)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return htj2k_encapsulate(write_dicom(buffer, stored, bits_stored=12))
 
 
 def _frame(data: bytes) -> bytes:

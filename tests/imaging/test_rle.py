@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks import rle_before
 from imaging.rle import (
     SIIM_EMPTY,
     CocoRle,
@@ -220,42 +221,9 @@ def test_codecs_agree(mask: npt.NDArray[np.bool_]) -> None:
 
 
 # ------------------------------------------- equality with the slow reference codecs
-# The straightforward implementations that shipped before issue #15 (Fortran-order ravel,
-# int8 diff over the whole image, a Python loop painting runs). The fast codecs must give
+# The implementations that shipped before issue #15 (benchmarks/rle_before.py, also the
+# benchmark's baseline) and plain painting decoders. The fast codecs must give
 # exactly the same output, and the COCO encoder the same RLE as pycocotools.
-def _reference_runs(mask: npt.NDArray[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], flat, [0])).astype(np.int8)))
-    starts = edges[0::2].astype(np.int64)
-    return starts, (edges[1::2] - edges[0::2]).astype(np.int64)
-
-
-def _reference_encode_siim(mask: npt.NDArray[Any]) -> str:
-    starts, lengths = _reference_runs(mask)
-    if starts.size == 0:
-        return SIIM_EMPTY
-    ends = starts + lengths
-    gaps = starts - np.concatenate(([0], ends[:-1]))
-    pairs = np.empty(2 * starts.size, dtype=np.int64)
-    pairs[0::2] = gaps
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
-
-
-def _reference_encode_coco(mask: npt.NDArray[Any]) -> CocoRle:
-    starts, lengths = _reference_runs(mask)
-    rows, columns = int(mask.shape[0]), int(mask.shape[1])
-    ends = starts + lengths
-    counts = np.empty(2 * starts.size, dtype=np.int64)
-    counts[0::2] = starts - np.concatenate(([0], ends[:-1]))
-    counts[1::2] = lengths
-    tail = rows * columns - (int(ends[-1]) if ends.size else 0)
-    out = counts.tolist()
-    if tail > 0 or not out:
-        out.append(tail)
-    return {"size": [rows, columns], "counts": out}
-
-
 def _reference_decode_coco(rle: CocoRle) -> npt.NDArray[np.bool_]:
     rows, columns = rle["size"]
     flat = np.zeros(rows * columns, dtype=bool)
@@ -283,10 +251,10 @@ def _assert_all_agree(mask: npt.NDArray[Any]) -> None:
     rows, columns = mask.shape
     truth = np.asarray(mask, dtype=bool)
     rle = encode_coco_rle(mask)
-    assert rle == _reference_encode_coco(mask)
+    assert rle == rle_before.encode_coco(mask)
     assert all(type(c) is int for c in rle["counts"])  # JSON-ready Python ints
     siim = encode_siim_rle(mask)
-    assert siim == _reference_encode_siim(mask)
+    assert siim == rle_before.encode_siim(mask)
     decoded = decode_coco_rle(rle)
     assert decoded.dtype == np.bool_ and decoded.shape == (rows, columns)
     assert np.array_equal(decoded, truth)
@@ -372,7 +340,7 @@ def test_empty_images(shape: tuple[int, int]) -> None:
     mask = np.zeros(shape, dtype=bool)
     assert (
         encode_coco_rle(mask)
-        == _reference_encode_coco(mask)
+        == rle_before.encode_coco(mask)
         == {"size": list(shape), "counts": [0]}
     )
     assert encode_siim_rle(mask) == SIIM_EMPTY
@@ -395,10 +363,10 @@ def test_codecs_take_any_layout_and_dtype() -> None:
         np.ascontiguousarray(base.T).T,  # a transposed (Fortran-ordered) view
         base.view(np.uint8)[::1, ::1],
     ]
-    expected = _reference_encode_coco(base)
+    expected = rle_before.encode_coco(base)
     for variant in variants:
         assert encode_coco_rle(variant) == expected
-        assert encode_siim_rle(variant) == _reference_encode_siim(base)
+        assert encode_siim_rle(variant) == rle_before.encode_siim(base)
     strided = np.zeros((74, 106), dtype=bool)
     strided[::2, ::2] = base
     _assert_all_agree(strided[::2, ::2])
