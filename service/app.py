@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imaging.errors import ImagingError
 from service.deps import require_api_key
+from service.draining import DrainMiddleware
 from service.errors import ServiceError, error_body, error_headers, error_status_and_code
 from service.logs import configure_logging, request_id_var
 from service.metrics import Metrics
@@ -131,5 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def root() -> RedirectResponse:
         return RedirectResponse("/viewer/")
 
+    # inner first: the drain counts and refuses requests; observability wraps every answer
+    app.add_middleware(DrainMiddleware, runtime=runtime)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=app.router.routes)
     return app

@@ -158,6 +158,57 @@ class NotReadyError(ServiceError):
         super().__init__(f"the service is not ready: {detail}; poll /readyz")
 
 
+class ShuttingDownError(ServiceError):
+    """SIGTERM received: requests already accepted finish, new ones go elsewhere."""
+
+    code = "shutting_down"
+    http_status = 503
+    retry_after_s = 2
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the service is shutting down and accepts no new requests; retry after the "
+            "number of seconds in Retry-After (another replica, or this one restarted)"
+        )
+
+
+class RateLimitedError(ServiceError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, per_minute: float, retry_after_s: int) -> None:
+        super().__init__(
+            f"too many requests for this API key (limit {per_minute:g} per minute, "
+            "SHARPCXR_RATE_LIMIT_PER_MINUTE); retry after the number of seconds in Retry-After"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class UploadTimeoutError(ServiceError):
+    code = "upload_timeout"
+    http_status = 408
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(
+            f"the upload paused for more than {idle_s:g} s (SHARPCXR_UPLOAD_IDLE_TIMEOUT_S); "
+            "send the body without stalling"
+        )
+
+
+class DecoderFailedError(ServiceError):
+    """The isolated decoder of this image died, ran out of time or of memory.
+
+    422: the same bytes would fail the same way again; the worker is replaced and other
+    requests are unaffected. ``code`` is ``decoder_crashed``, ``decode_timeout`` or
+    ``decode_memory_exceeded``."""
+
+    http_status = 422
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class GateRefusedError(ServiceError):
     """The gate found that the model must not assess this image (``SHARPCXR_GATE=refuse``).
 

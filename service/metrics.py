@@ -91,6 +91,29 @@ class Metrics:
             registry=r,
         )
 
+        self.draining = Gauge(
+            "sharpcxr_draining",
+            "1 after SIGTERM while accepted requests finish (new ones get 503), else 0",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sharpcxr_requests_in_flight",
+            "Requests accepted and not yet answered (/v1, /dicomweb, the viewer)",
+            registry=r,
+        )
+        self.decoder_failures = Counter(
+            "sharpcxr_decoder_failures",
+            "Decode workers lost on an image (crashed, timeout, memory) and replaced",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "sharpcxr_rate_limited",
+            "Requests answered 429 by the per-key rate limit",
+            ["endpoint"],
+            registry=r,
+        )
+
         self.jobs = Counter(
             "sharpcxr_jobs",
             "PACS jobs by how the instance came (stow, dimse) and what became of it "

@@ -101,14 +101,24 @@ def _timed(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> tuple[R, fl
     return out, time.perf_counter() - started
 
 
+#: ``read_dicom``'s signature: in this process, or in a worker (``DecodePool.decode``)
+Decoder = Callable[..., DecodedImage]
+
+
 def _decode_and_gate(
-    body: bytes, max_pixels: int, gate: GateMode, min_side: int | None = None
+    body: bytes,
+    max_pixels: int,
+    gate: GateMode,
+    min_side: int | None = None,
+    decoder: Decoder = read_dicom,
 ) -> tuple[DecodedImage, list[Finding], float, float]:
     """The decode and gate stages in one pool hop: ``(decoded, findings, seconds, seconds)``.
 
     ``min_side``: the largest model resolution the request needs; a JPEG 2000 / HTJ2K
-    image is decoded no finer than that (``DecodedImage.reduction``), others in full."""
-    decoded, decode_s = _timed(read_dicom, body, max_pixels=max_pixels, min_side=min_side)
+    image is decoded no finer than that (``DecodedImage.reduction``), others in full.
+    ``decoder``: ``read_dicom`` here, or a :class:`service.decode_pool.DecodePool`'s
+    ``decode`` (the gate's checks are numpy on the result and stay in this process)."""
+    decoded, decode_s = _timed(decoder, body, max_pixels=max_pixels, min_side=min_side)
     if gate is GateMode.OFF:
         return decoded, [], decode_s, 0.0
     findings, gate_s = _timed(check_image, decoded.facts, decoded.pixels, decoded.contrast)
@@ -157,6 +167,7 @@ class Pipeline:
         heatmap_max_side: int,
         max_decode_backlog: int,
         reduced_decode: str = "accurate",
+        decoder: Decoder = read_dicom,
     ) -> None:
         self.registry = registry
         self.batchers = batchers
@@ -167,6 +178,7 @@ class Pipeline:
         self.heatmap_max_side = heatmap_max_side
         self.max_decode_backlog = max_decode_backlog
         self.reduced_decode = reduced_decode
+        self.decoder = decoder
         self.decoding = 0  # requests in or waiting for the decode pool (event-loop only)
 
     def models(self, resolutions: Sequence[int | None], method: str) -> list[ServedModel]:
@@ -215,7 +227,9 @@ class Pipeline:
         Admission control: decoding is the first CPU stage, so a burst piles up here
         before any inference queue fills; past ``max_decode_backlog`` requests in or
         waiting for the pool, new ones get 503 rather than an ever-growing wait."""
-        job = partial(_decode_and_gate, body, self.max_pixels, self.gate_mode, min_side)
+        job = partial(
+            _decode_and_gate, body, self.max_pixels, self.gate_mode, min_side, self.decoder
+        )
         decoded, findings, decode_s, gate_s = await self._admitted(job)
         ctx.decoded, ctx.findings = decoded, findings
         ctx.seconds.update(decode=decode_s, gate=gate_s)
@@ -223,7 +237,7 @@ class Pipeline:
     async def decode_only(self, body: bytes) -> DecodedImage:
         """The display chain alone (no gate, no model), under the same admission control:
         what the viewer shows is what the models are given."""
-        return await self._admitted(partial(read_dicom, body, max_pixels=self.max_pixels))
+        return await self._admitted(partial(self.decoder, body, max_pixels=self.max_pixels))
 
     async def _admitted(self, job: Callable[[], R]) -> R:
         """``job`` in the pool, or 503 when ``max_decode_backlog`` are in or waiting."""

@@ -14,8 +14,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 
 from cxrmodel.vocab import Device
+from imaging.dicom import read_dicom
 from imaging.reduced import configure_decoder_threads
 from service.batching import Batcher
+from service.decode_pool import DecodePool
 from service.metrics import Metrics
 from service.pacs.delivery import CStoreSender, Sender, StowSender
 from service.pacs.runner import JobRunner
@@ -36,18 +38,34 @@ class ServiceRuntime:
         self.pipeline: Pipeline | None = None
         self.batchers: dict[int, Batcher] = {}
         self.pool: ThreadPoolExecutor | None = None
+        self.decode_pool: DecodePool | None = None
         self.inference_pools: list[ThreadPoolExecutor] = []
         self.store: JobStore | None = None
         self.runner: JobRunner | None = None
         self.scp: StorageSCP | None = None
         self.ready = False
         self.detail = "models are still loading"
+        #: after SIGTERM (service.draining): new requests 503, accepted ones finish
+        self.draining = False
+        #: requests accepted and not yet answered (event-loop only; service.draining)
+        self.in_flight = 0
 
     async def start(self) -> None:
         s = self.settings
         # OpenJPEG threads per decode: the cores left over by the decode pool's threads (1
         # where the pool already fills them; more on a large machine with few workers)
-        configure_decoder_threads(max(1, len(os.sched_getaffinity(0)) // s.decode_workers))
+        decoder_threads = max(1, len(os.sched_getaffinity(0)) // s.decode_workers)
+        configure_decoder_threads(decoder_threads)
+        if s.decode_isolation == "process":
+            self.decode_pool = DecodePool(
+                s.decode_workers,
+                timeout_s=s.decode_timeout_s,
+                memory_mb=s.decode_memory_mb,
+                plugins=s.decoder_plugins,
+                decoder_threads=decoder_threads,
+                on_failure=lambda reason: self.metrics.decoder_failures.labels(reason).inc(),
+            )
+            await asyncio.to_thread(self.decode_pool.start)
         # Loading and warming is CPU work, in a thread: the loop stays free to act on
         # signals meanwhile (the server listens only after this lifespan step).
         registry = await asyncio.to_thread(load_registry, s)
@@ -85,6 +103,7 @@ class ServiceRuntime:
             reduced_decode=s.reduced_decode,
             heatmap_max_side=s.heatmap_max_side,
             max_decode_backlog=s.max_queue + s.decode_workers,
+            decoder=self.decode_pool.decode if self.decode_pool else read_dicom,
         )
         await self._start_pacs()
         self.ready = True
@@ -136,6 +155,13 @@ class ServiceRuntime:
             )
             await asyncio.to_thread(self.scp.start)
 
+    def begin_drain(self) -> None:
+        """Stop admitting: /readyz and ``sharpcxr_ready`` say so; accepted work goes on."""
+        self.draining = True
+        self.detail = "shutting down: finishing accepted requests"
+        self.metrics.ready.set(0)
+        self.metrics.draining.set(1)
+
     def _inference_pool(self, name: str) -> ThreadPoolExecutor:
         pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self.inference_pools.append(pool)
@@ -158,6 +184,8 @@ class ServiceRuntime:
             pool.shutdown(wait=True, cancel_futures=True)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.decode_pool is not None:
+            self.decode_pool.close()
         if self.registry is not None:
             self.registry.close()
         if self.store is not None:

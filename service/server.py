@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from service.app import create_app
+from service.draining import DrainingServer
 from service.errors import ModelFileError
 from service.registry import preflight
 from service.settings import Settings, get_settings
@@ -36,10 +37,16 @@ def serve(
         log_config=None,  # create_app configured JSON logging
         access_log=False,
         timeout_keep_alive=5,
-        timeout_graceful_shutdown=10,
+        # after the drain (service.draining) only idle connections are left to close
+        timeout_graceful_shutdown=5,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(
+        config,
+        app.state.runtime,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+        drain_min_s=settings.drain_min_s,
+    )
     base = f"http://{settings.host}:{settings.port}"
     log.info(f"starting on {base} (docs {base}/docs, metrics {base}/metrics)")
     server.run()

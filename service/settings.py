@@ -148,6 +148,64 @@ class Settings(BaseSettings):
         2.0, gt=0, description="first retry delay; doubles per attempt, capped at 10 minutes"
     )
 
+    # --- hardening: codec isolation, slow clients, rate limits, shutdown (README "Hardening")
+    decode_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process = every image is decoded in a worker process with a time and "
+        "memory limit, so a codec that crashes or hangs costs only that request; thread = "
+        "in the service process (faster by the pixel transfer, no protection)",
+    )
+    decode_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="one image's decode in a worker (wall clock); past it the worker is "
+        "killed and restarted and the request answered 422 decode_timeout",
+    )
+    decode_memory_mb: int = Field(
+        3072,
+        ge=512,
+        description="address-space limit of each decode worker (RLIMIT_AS); an image whose "
+        "decoding needs more is answered 422 decode_memory_exceeded",
+    )
+    decoder_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="modules imported in each decode worker before its first image, e.g. "
+        "a site's own pydicom pixel-decoder plugin (process isolation only)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send a complete request head within this"
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="longest pause between two chunks of an upload before 408"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        512, ge=1, description="open connections plus requests in progress; past it, 503"
+    )
+    rate_limit_per_minute: float = Field(
+        0.0,
+        ge=0,
+        description="requests per minute per API key (per client address without keys) "
+        "on /v1 and /dicomweb; 0 = no limit; over it, 429 with Retry-After",
+    )
+    rate_limit_burst: int = Field(
+        30, ge=1, description="requests a key may send at once before the rate applies"
+    )
+    shutdown_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="on SIGTERM: how long accepted requests have to finish before exit",
+    )
+    drain_min_s: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM: keep answering (503 to new work, /readyz 503) at least "
+        "this long, so load balancers see the service leave before it closes its port",
+    )
+
     # --- security and process
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="accepted API keys; empty = no authentication"
@@ -156,7 +214,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("resolutions", "api_keys", "dicom_allowed_aes", mode="before")
+    @field_validator(
+        "resolutions", "api_keys", "dicom_allowed_aes", "decoder_plugins", mode="before"
+    )
     @classmethod
     def _lists_from_commas(cls, value: Any) -> Any:
         return _split_commas(value)

@@ -21,10 +21,13 @@ async def healthz() -> HealthResponse:
 @router.get(
     "/readyz",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "loading or shutting down"}},
+    responses={503: {"model": ReadyResponse, "description": "loading, or draining after SIGTERM"}},
     summary="Models loaded and warmed",
 )
 async def readyz(runtime: RuntimeDep) -> Response:
+    if runtime.draining:
+        body = ReadyResponse(status="draining", detail=runtime.detail)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
     if runtime.ready and runtime.registry is not None:
         body = ReadyResponse(status="ready", resolutions=runtime.registry.resolutions)
         return JSONResponse(body.model_dump())
