@@ -10,11 +10,12 @@ memory is replaced, and only that request is answered, with
 :class:`service.errors.DecoderFailedError` (422: the same bytes would fail again):
 ``decoder_crashed``, ``decode_timeout`` or ``decode_memory_exceeded``.
 
-Pixels come back through a shared-memory segment per worker (a file in ``/dev/shm``,
-reserved with ``posix_fallocate`` so writing it can never SIGBUS, and unlinked as soon as
-both sides have it open, so nothing is left behind when either side dies). An image larger
-than the segment, or a machine without room for it, goes through the pipe instead. The
-rest of :class:`imaging.dicom.DecodedImage` (header facts, timings) is pickled.
+The body goes in and the pixels come back through a shared-memory segment per worker
+(a file in ``/dev/shm``, reserved with ``posix_fallocate`` so writing it can never SIGBUS,
+and unlinked as soon as both sides have it open, so nothing is left behind when either
+side dies). A body or an image larger than the segment, or a machine without room for
+one, goes through the pipe. The rest of :class:`imaging.dicom.DecodedImage` (header
+facts, timings) is pickled.
 
 Threads: :meth:`DecodePool.decode` blocks its calling thread until a worker answers; any
 number of threads may call it (each takes a free worker, waiting for one if all are busy).
@@ -85,7 +86,8 @@ def _worker_main(
 ) -> None:
     """One worker: limits, plugins, then decode jobs until the pipe closes.
 
-    A job is ``(body, max_pixels, min_side)``; the answer ``("ok", decoded-without-pixels,
+    A job is ``(size, max_pixels, min_side)`` with the body's ``size`` bytes in the segment,
+    or ``size == -1`` and the body next on the pipe; the answer ``("ok", decoded-without-pixels,
     where, shape)`` followed, for ``where == "pipe"``, by the pixel bytes, or ``("refused",
     ImagingError)``, ``("memory", None)``, ``("error", type name)``.
     """
@@ -104,8 +106,9 @@ def _worker_main(
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            body = conn.recv_bytes()
-            max_pixels, min_side = conn.recv()
+            size, max_pixels, min_side = conn.recv()
+            # a body that fits came through the segment (one copy each side, no pipe)
+            body = bytes(segment[:size]) if size >= 0 and segment is not None else conn.recv_bytes()
         except (EOFError, OSError):
             return
         try:
@@ -165,7 +168,8 @@ class DecodePool:
         on_failure: Any = None,
     ) -> None:
         """``on_failure(reason)`` is called for each worker lost (``crashed``, ``timeout``,
-        ``memory``), e.g. to count it in a metric."""
+        ``memory``), e.g. to count it in a metric. ``segment_bytes`` 0: pixels always go
+        through the pipe (the benchmark's comparison)."""
         if workers < 1:
             raise ValueError("a decode pool needs at least one worker")
         self.size = workers
@@ -202,7 +206,7 @@ class DecodePool:
 
     def _segment_file(self) -> str | None:
         """A reserved shared-memory file for a new worker, or None (pipe only)."""
-        if not self._use_segments:
+        if not self._use_segments or self.segment_bytes <= 0:
             return None
         fd, path = tempfile.mkstemp(prefix="sharpcxr-decode-", dir=_shm_dir())
         try:
@@ -327,8 +331,12 @@ class DecodePool:
     ) -> DecodedImage:
         started = time.monotonic()
         try:
-            worker.conn.send_bytes(body)
-            worker.conn.send((max_pixels, min_side))
+            if worker.segment is not None and len(body) <= self.segment_bytes:
+                worker.segment[: len(body)] = body
+                worker.conn.send((len(body), max_pixels, min_side))
+            else:
+                worker.conn.send((-1, max_pixels, min_side))
+                worker.conn.send_bytes(body)
             if not worker.conn.poll(self.timeout_s):
                 self._lost(worker, "timeout", started, len(body))
                 raise DecoderFailedError(

@@ -10,7 +10,9 @@ would see a refused connection. Here instead:
    every new request to the API, DICOMweb or the viewer is answered 503 ``shutting_down``
    with ``Retry-After`` (``/healthz`` and ``/metrics`` keep answering);
 2. requests already accepted run to the end; the listener stays open while they do, and
-   at least ``drain_min_s`` (so load balancers see ``/readyz`` fail);
+   at least ``drain_min_s`` (so load balancers see ``/readyz`` fail). The C-STORE
+   listener closes at once (DICOM senders retry a refused association); associations
+   already open finish;
 3. when none is left, or ``shutdown_timeout_s`` after the signal, uvicorn's shutdown
    runs: the listener closes, idle keep-alive connections are closed, then the lifespan
    stops the runtime (the C-STORE listener first, then the job workers: a job received
@@ -115,7 +117,7 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.drain_announced:
             self.drain_announced = True
-            self.runtime.begin_drain()
+            await self.runtime.begin_drain()
             log.info(
                 "draining: new requests get 503, accepted ones finish",
                 extra={
@@ -126,11 +128,11 @@ class DrainingServer(uvicorn.Server):
             )
         if self.drain_started is not None and not self.should_exit:
             waited = time.monotonic() - self.drain_started
-            done = self.runtime.in_flight == 0 and waited >= self.drain_min_s
+            done = self.runtime.work_in_flight() == 0 and waited >= self.drain_min_s
             if done or waited >= self.shutdown_timeout_s:
                 log.info(
                     "drained" if done else "drain timed out",
-                    extra={"in_flight": self.runtime.in_flight, "seconds": round(waited, 2)},
+                    extra={"in_flight": self.runtime.work_in_flight(), "seconds": round(waited, 2)},
                 )
                 self.should_exit = True
         return await super().on_tick(counter)

@@ -155,12 +155,19 @@ class ServiceRuntime:
             )
             await asyncio.to_thread(self.scp.start)
 
-    def begin_drain(self) -> None:
-        """Stop admitting: /readyz and ``sharpcxr_ready`` say so; accepted work goes on."""
+    async def begin_drain(self) -> None:
+        """Stop admitting: /readyz and ``sharpcxr_ready`` say so, the C-STORE listener
+        closes (open associations finish); accepted work goes on."""
         self.draining = True
         self.detail = "shutting down: finishing accepted requests"
         self.metrics.ready.set(0)
         self.metrics.draining.set(1)
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)
+
+    def work_in_flight(self) -> int:
+        """HTTP requests accepted and unanswered, plus C-STORE associations open."""
+        return self.in_flight + (self.scp.active() if self.scp is not None else 0)
 
     def _inference_pool(self, name: str) -> ThreadPoolExecutor:
         pool = ThreadPoolExecutor(1, thread_name_prefix=name)

@@ -83,9 +83,15 @@ class StorageSCP:
         log.info("DICOM listener started", extra={"host": self.address[0], "port": self.port})
 
     def stop(self) -> None:
+        """Stop listening (new associations are refused at connect; senders retry).
+        Associations already open run on in their own threads."""
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+
+    def active(self) -> int:
+        """Associations in progress: a C-STORE being received counts until released."""
+        return len(self.ae.active_associations)
 
     def _on_rejected(self, event: Event) -> None:
         log.warning("association rejected", extra={"code": "association_rejected"})

@@ -39,7 +39,7 @@ SCHEMAS = REPO / "deploy" / "schemas"
 KSERVE_SCHEMA = SCHEMAS / "kserve-inferenceservice-v1beta1.json"
 ADAPTER_CONFIG = K8S / "prometheus-adapter" / "config.yaml"
 
-# The oldest Kubernetes the manifests claim (autoscaling/v2 behavior, the preStop `sleep`
+# The oldest Kubernetes the manifests claim (autoscaling/v2 behavior, the emptyDir `medium`
 # handler, PDB unhealthyPodEvictionPolicy are all on by default from 1.31) and the newest the
 # locked kubernetes-validate ships, to catch a field a newer release removed.
 KUBERNETES_VERSIONS = ("1.31", "1.37")
@@ -466,10 +466,18 @@ def test_pod_operations(variant: dict[str, Doc]) -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == CONTAINER_PORT
     assert annotations["prometheus.io/path"] == "/metrics"
-    # In-flight requests get their whole deadline after SIGTERM, plus the preStop pause.
-    timeout = float(variant["ConfigMap"]["data"]["SHARPCXR_REQUEST_TIMEOUT_S"])
-    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod_spec["terminationGracePeriodSeconds"] >= timeout + pause
+    # The drain after SIGTERM gives in-flight requests their whole deadline, and the pod's
+    # grace period covers the drain (the service's own, no preStop pause needed).
+    data = variant["ConfigMap"]["data"]
+    deadline = float(data["SHARPCXR_REQUEST_TIMEOUT_S"])
+    drain = float(data["SHARPCXR_SHUTDOWN_TIMEOUT_S"])
+    assert drain >= deadline
+    assert pod_spec["terminationGracePeriodSeconds"] >= drain + 10
+    assert float(data["SHARPCXR_DRAIN_MIN_S"]) >= 2  # endpoints need a moment to update
+    assert "lifecycle" not in container
+    shm = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/dev/shm"]
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    assert volumes[shm]["emptyDir"]["medium"] == "Memory"
     for bound in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][bound])
 

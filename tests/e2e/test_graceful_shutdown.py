@@ -22,8 +22,9 @@ import httpx
 import pydicom
 
 from service.pacs.related import encode_related
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, free_port
 from tests.service.conftest import phantom, phantom_dicom
+from tests.service.pacs.peers import c_store
 
 CLIENTS = 6
 
@@ -110,19 +111,24 @@ def test_sigterm_under_load_finishes_every_accepted_request(
     assert "Traceback" not in log
 
 
-def test_sigterm_loses_no_stow_instance(models_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_loses_no_stow_or_c_store_instance(models_dir: Path, tmp_path: Path) -> None:
+    dicom_port = free_port()
     settings = {
         "default_resolution": "256",
         "data_dir": str(tmp_path / "data"),
         "drain_min_s": "2",  # the listener stays open long enough to see the refusal
+        "dicom_port": str(dicom_port),
     }
-    instances = [phantom_dicom(phantom(i, size=320, positive=i % 2 == 0)) for i in range(30)]
+    instances = [phantom_dicom(phantom(i, size=320, positive=i % 2 == 0)) for i in range(36)]
     uids = {pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in instances}
     study_uids = {pydicom.dcmread(io.BytesIO(d)).StudyInstanceUID for d in instances}
     first = Server(models_dir, tmp_path / "first.log", **settings)
     accepted: set[str] = set()
     try:
-        for start in range(0, len(instances), 5):
+        for data in instances[30:34]:  # by C-STORE, before the signal
+            assert c_store(dicom_port, data) == (True, 0)
+            accepted.add(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+        for start in range(0, 30, 5):
             batch = instances[start : start + 5]
             content_type, payload = encode_related(batch)
             r = httpx.post(
@@ -146,6 +152,8 @@ def test_sigterm_loses_no_stow_instance(models_dir: Path, tmp_path: Path) -> Non
         )
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "shutting_down"
+        # the DICOM listener closed at the signal: the association is refused, not lost
+        assert c_store(dicom_port, instances[34]) == (False, None)
         assert first.process.wait(timeout=60) == 0
     finally:
         first.stop()
