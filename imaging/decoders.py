@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -29,9 +30,39 @@ from imaging.errors import CorruptDicomError, UnsupportedTransferSyntaxError
 from imaging.header import HeaderFacts
 
 logger = logging.getLogger(__name__)
+class _PluginMemoryErrors(logging.Handler):
+    """Notes, per thread, that a pydicom pixel plugin ran out of memory.
+
+    pydicom catches every exception of a plugin, MemoryError included, logs it (with
+    ``exc_info``) on its ``pydicom`` logger and raises one RuntimeError for all; the log
+    record is the only place the MemoryError survives. This handler sees those records
+    (and prints nothing: the logger does not propagate), so :func:`decode_pixels` can tell
+    "out of memory" (the decode worker's limit did its job) from "corrupt data".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and isinstance(record.exc_info[1], MemoryError):
+            self.local.seen = True
+
+    def reset(self) -> None:
+        self.local.seen = False
+
+    def seen(self) -> bool:
+        return bool(getattr(self.local, "seen", False))
+
+
 # pydicom logs a full traceback at ERROR for every plugin that fails before another one
-# succeeds; we report failures ourselves (one line, no traceback), so keep those quiet.
-logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+# succeeds; we report failures ourselves (one line, no traceback), so its records go to
+# the memory-error watch above and nowhere else.
+_memory_errors = _PluginMemoryErrors()
+_pydicom_logger = logging.getLogger("pydicom")
+_pydicom_logger.setLevel(logging.ERROR)
+_pydicom_logger.propagate = False
+_pydicom_logger.addHandler(_memory_errors)
 
 #: pseudo-plugin: GDCM called directly (see ``_decode_gdcm_direct``)
 GDCM_DIRECT = "gdcm-direct"
@@ -123,6 +154,11 @@ def decode_pixels(
     Integer dtype as decoded (uint8/uint16/int16/...). Unused high bits of unsigned data
     (old files hid overlays there) are cleared. Raises :class:`CorruptDicomError` when no
     plugin can decode the data.
+
+    ``ds`` must have passed :func:`imaging.dicom.check_dataset`, which checks the pixel
+    budget and, for compressed data, that the codestream agrees with the header
+    (:func:`imaging.codestreams.check_frame`) before any plugin here allocates. Pixel data
+    longer than the header's frame are ignored, not decoded.
     """
     tsyntax = facts.transfer_syntax_uid
     installed = plugin_order(tsyntax)
@@ -133,13 +169,26 @@ def decode_pixels(
         )
     failures: list[str] = []
     for name in candidates:
+        _memory_errors.reset()
         try:
             if name == GDCM_DIRECT:
                 arr = _decode_gdcm_direct(data)
             else:
-                ds.pixel_array_options(decoding_plugin=name)
+                # Only the frames the header declares: by default pydicom returns every
+                # whole frame the buffer holds, so trailing bytes after a single 64x64
+                # frame (90 MB of them) became an array of 11,521 frames.
+                ds.pixel_array_options(decoding_plugin=name, allow_excess_frames=False)
                 arr = ds.pixel_array
-        except Exception as exc:  # each plugin raises its own types on bad data
+        except BaseException as exc:  # each plugin raises its own types on bad data
+            # pylibjpeg-rle (Rust, pyo3) panics on some corrupt segments: pyo3's
+            # PanicException derives from BaseException, not Exception. Anything else
+            # outside Exception (KeyboardInterrupt, SystemExit) is not the data's fault.
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
+            if isinstance(exc, MemoryError) or _memory_errors.seen():
+                # out of memory is not "this plugin cannot decode it": an image that
+                # exhausts one decoder's budget is not given to the next one
+                raise MemoryError(f"decoder plugin {name or 'native'} ran out of memory") from None
             failures.append(f"{name or 'native'}: {type(exc).__name__}")
             logger.info(
                 "decoder failed",

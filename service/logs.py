@@ -25,7 +25,26 @@ SAFE_FIELDS = (
     "endpoint", "method", "path", "status", "duration_ms", "resolution", "resolutions",
     "bytes", "code", "model", "backend", "load_s", "batch_size", "host", "port", "models",
     "settings", "probability", "positive", "timings_ms", "client", "jobs", "deliveries",
+    "reason", "exit_code", "worker_pid", "seconds", "in_flight", "timeout_s", "signal",
+    "error", "plugin", "transfer_syntax",
 )  # fmt: skip
+#: third-party loggers that see raw network input: WARNING and up, without tracebacks
+#: (pynetdicom logs a traceback, and at DEBUG whole PDUs, for a malformed association)
+NETWORK_LIBRARIES = ("pynetdicom",)
+
+
+class StripTraceback(logging.Filter):
+    """On records of :data:`NETWORK_LIBRARIES` (and their child loggers), replace the
+    traceback by its exception type, appended to the message. A handler filter: logger
+    filters do not apply to child loggers' records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        library = record.name.split(".")[0] in NETWORK_LIBRARIES
+        if library and record.exc_info:
+            kind = record.exc_info[0].__name__ if record.exc_info[0] else "error"
+            record.msg, record.args = f"{record.getMessage()} ({kind})", ()
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,6 +71,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Route the root logger (and uvicorn's) through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(StripTraceback())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -61,3 +81,5 @@ def configure_logging(level: str = "INFO") -> None:
         logger.propagate = True
     # The service writes its own access log line (request id, status, timings).
     logging.getLogger("uvicorn.access").disabled = True
+    for name in NETWORK_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

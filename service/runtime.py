@@ -152,6 +152,8 @@ class ServiceRuntime:
                 ae_title=s.dicom_ae_title,
                 allowed_aes=s.dicom_allowed_aes,
                 max_instance_bytes=int(s.max_upload_mb * 1024 * 1024),
+                acse_timeout_s=s.dicom_acse_timeout_s,
+                max_associations=s.dicom_max_associations,
             )
             await asyncio.to_thread(self.scp.start)
 

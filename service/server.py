@@ -9,6 +9,7 @@ import uvicorn
 from service.app import create_app
 from service.draining import DrainingServer
 from service.errors import ModelFileError
+from service.http_limits import uvicorn_limits
 from service.registry import preflight
 from service.settings import Settings, get_settings
 
@@ -36,10 +37,11 @@ def serve(
         port=settings.port,
         log_config=None,  # create_app configured JSON logging
         access_log=False,
-        timeout_keep_alive=5,
         # after the drain (service.draining) only idle connections are left to close
         timeout_graceful_shutdown=5,
         server_header=False,
+        # header and keep-alive timeouts, connection limit, head size (README "Hardening")
+        **uvicorn_limits(settings),
     )
     server = DrainingServer(
         config,

@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     )
     dicom_host: str = Field("127.0.0.1", description="address the C-STORE SCP binds")
     dicom_ae_title: str = Field("SHARPCXR", min_length=1, max_length=16)
+    dicom_acse_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="a DICOM connection must complete its association request within this "
+        "(each connection that does not holds one of dicom_max_associations until then)",
+    )
+    dicom_max_associations: int = Field(
+        32, ge=1, le=1024, description="DICOM associations at once; more are rejected (transient)"
+    )
     dicom_allowed_aes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="calling AE titles allowed to associate; empty = any caller",

@@ -54,7 +54,12 @@ class StorageSCP:
         ae_title: str,
         allowed_aes: list[str],
         max_instance_bytes: int,
+        acse_timeout_s: float = 10.0,
+        max_associations: int = 32,
     ) -> None:
+        """``acse_timeout_s``: pynetdicom holds an association slot until an association
+        request arrives or this passes, even when the peer sent garbage and closed, so it
+        bounds how long a malformed connection occupies one of ``max_associations``."""
         self.receive = receive
         self.address = (host, port)
         self.max_instance_bytes = max_instance_bytes
@@ -64,8 +69,9 @@ class StorageSCP:
         self.ae.add_supported_context(Verification)
         if allowed_aes:
             self.ae.require_calling_aet = list(allowed_aes)
-        self.ae.maximum_associations = 16
-        self.ae.network_timeout = self.ae.acse_timeout = self.ae.dimse_timeout = 60
+        self.ae.maximum_associations = max_associations
+        self.ae.network_timeout = self.ae.dimse_timeout = 60
+        self.ae.acse_timeout = acse_timeout_s
         self.server: ThreadedAssociationServer | None = None
 
     @property
