@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen $(EXTRAS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help uv install serve test test-all models bench bench-vs bench-gpu lint openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
+.PHONY: help uv install serve test test-all models bench bench-vs bench-gpu lint audit soak soak-short openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,10 +44,22 @@ bench-vs: install  ## this tree's service against commit $(BASE) (default HEAD~1
 bench-gpu: install  ## DenseNet-121 model-only on CUDA: eager fp32 vs the torch fast path (and ONNX Runtime CUDA where installed); a smoke run without a GPU
 	$(RUN) python -m benchmarks.bench_torch_gpu
 
-lint: install  ## ruff + mypy (strict on imaging/ and service/)
+lint: install  ## ruff + mypy (strict on imaging/ and service/) + the lockfile audit (findings fail; packages without data are listed)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
+	$(MAKE) --no-print-directory audit AUDIT_ARGS=--allow-unaudited
+
+# AUDIT_ARGS=--allow-unaudited: report packages without vulnerability data loudly, exit 0
+AUDIT_ARGS ?=
+audit: install  ## known vulnerabilities of every package pinned in uv.lock (pip-audit; strict: also fails when data is missing, README "Supply chain")
+	$(RUN) python tools/audit_lock.py $(AUDIT_ARGS)
+
+soak: install  ## 30-minute soak of a real service at 4 req/s on the test models -> benchmarks/results/soak_30min.{json,png}
+	$(RUN) python -m benchmarks.soak --duration-s 1800 --out benchmarks/results/soak_30min.json
+
+soak-short: install  ## 3-minute soak, looser bounds (RSS growth < 15%, p95 drift <= 50%) -> /tmp/sharpcxr-soak-3min.{json,png}
+	$(RUN) python -m benchmarks.soak --duration-s 180 --sample-s 5 --rss-growth 0.15 --p95-drift 0.5 --out /tmp/sharpcxr-soak-3min.json
 
 screenshots: install  ## redraw the viewer screenshots in docs/viewer/ (the browser tests, in Chromium)
 	SHARPCXR_SCREENSHOTS=docs/viewer $(RUN) pytest tests/e2e/test_viewer.py -q

@@ -11,7 +11,8 @@ Two measurements, each against its baseline in the same run:
   servers, ``SHARPCXR_DECODE_ISOLATION=thread`` and ``process``, alternating requests;
   the ratio of medians and the ``decode`` stage each reports.
 
-    uv run python -m benchmarks.bench_decode_isolation --out benchmarks/results/decode_isolation.json
+    uv run python -m benchmarks.bench_decode_isolation \
+        --out benchmarks/results/decode_isolation.json
 """
 
 from __future__ import annotations
@@ -112,29 +113,29 @@ def service_pair(models_dir: Path, requests: int) -> dict[str, Any]:
     }
     latency: dict[str, list[float]] = {"thread": [], "process": []}
     decode: dict[str, list[float]] = {"thread": [], "process": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        with (
-            server("thread", service_argv(), {**env, "SHARPCXR_DECODE_ISOLATION": "thread",
-                   "SHARPCXR_DATA_DIR": f"{tmp}/t"}, Path(tmp), 300) as thread_srv,
-            server("process", service_argv(), {**env, "SHARPCXR_DECODE_ISOLATION": "process",
-                   "SHARPCXR_DATA_DIR": f"{tmp}/p"}, Path(tmp), 300) as process_srv,
-            httpx.Client(timeout=120) as client,
-        ):  # fmt: skip
-            urls = {"thread": thread_srv.base_url, "process": process_srv.base_url}
-            for i in range(requests + 2):
-                order = ["thread", "process"] if i % 2 == 0 else ["process", "thread"]
-                for mode in order:
-                    started = time.perf_counter()
-                    r = client.post(
-                        urls[mode] + "/v1/predict",
-                        content=body,
-                        headers={"content-type": "application/dicom"},
-                    )
-                    elapsed = (time.perf_counter() - started) * 1e3
-                    r.raise_for_status()
-                    if i >= 2:  # warm-up
-                        latency[mode].append(elapsed)
-                        decode[mode].append(r.json()["timings_ms"]["decode"])
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        server("thread", service_argv(), {**env, "SHARPCXR_DECODE_ISOLATION": "thread",
+               "SHARPCXR_DATA_DIR": f"{tmp}/t"}, Path(tmp), 300) as thread_srv,
+        server("process", service_argv(), {**env, "SHARPCXR_DECODE_ISOLATION": "process",
+               "SHARPCXR_DATA_DIR": f"{tmp}/p"}, Path(tmp), 300) as process_srv,
+        httpx.Client(timeout=120) as client,
+    ):  # fmt: skip
+        urls = {"thread": thread_srv.base_url, "process": process_srv.base_url}
+        for i in range(requests + 2):
+            order = ["thread", "process"] if i % 2 == 0 else ["process", "thread"]
+            for mode in order:
+                started = time.perf_counter()
+                r = client.post(
+                    urls[mode] + "/v1/predict",
+                    content=body,
+                    headers={"content-type": "application/dicom"},
+                )
+                elapsed = (time.perf_counter() - started) * 1e3
+                r.raise_for_status()
+                if i >= 2:  # warm-up
+                    latency[mode].append(elapsed)
+                    decode[mode].append(r.json()["timings_ms"]["decode"])
     med = {m: statistics.median(v) for m, v in latency.items()}
     dec = {m: statistics.median(v) for m, v in decode.items()}
     return {

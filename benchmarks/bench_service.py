@@ -392,7 +392,8 @@ def server(
     log = log_path.open("wb")
     process = subprocess.Popen(
         [a.replace("{port}", str(port)) for a in argv],
-        env={**os.environ, **env},
+        # the caller's own SHARPCXR_* settings would leak into the service under test
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("SHARPCXR_")}, **env},
         cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -13,6 +13,7 @@ given file (Pillow, for one, cannot decode 12-bit JPEG).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -22,14 +23,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydicom.uid as uids
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 
-from imaging.errors import CorruptDicomError, UnsupportedTransferSyntaxError
+from imaging.errors import (
+    CorruptDicomError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
+)
 from imaging.header import HeaderFacts
 
 logger = logging.getLogger(__name__)
+
+
 class _PluginMemoryErrors(logging.Handler):
     """Notes, per thread, that a pydicom pixel plugin ran out of memory.
 
@@ -108,6 +116,78 @@ def plugin_order(tsyntax: str) -> list[str]:
     return preferred + [p for p in available if p not in preferred and p != GDCM_DIRECT]
 
 
+#: JPEG and JPEG-LS transfer syntaxes: GDCM sees their frames only after ``_gdcm_refusal``
+_JPEG_SYNTAXES = frozenset(
+    {uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1,
+     uids.JPEGLSLossless, uids.JPEGLSNearLossless}
+)  # fmt: skip
+
+
+def _sof_of(frame: bytes) -> tuple[int, int]:
+    """``(marker, precision)`` of the first SOFn / SOF55 of a JPEG frame whose header
+    :func:`imaging.codestreams.jpeg_info` has already walked (in check_dataset)."""
+    at = 2
+    while at + 4 < len(frame):
+        marker = frame[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            at += 2
+            continue
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            return marker, frame[at + 4]
+        at += 2 + int.from_bytes(frame[at + 2 : at + 4], "big")
+    raise ValueError("no SOF in the JPEG frame")
+
+
+def _gdcm_refusal(ds: Dataset, facts: HeaderFacts) -> str | None:
+    """Why GDCM must not see this image, or None: the JPEG frames on which it kills the
+    whole process.
+
+    GDCM asserts (an uncaught C++ exception: std::terminate) that JPEG (not JPEG-LS) data
+    have 8 or 16 bits allocated, and that 8-bit JPEG data have Bits Stored == Bits
+    Allocated == the frame's precision, which valid 2-7-bit lossless files break too
+    (decoder fuzzing, issue #16). (Precisions a JPEG process does not allow are already
+    refused by :func:`imaging.codestreams.jpeg_info`.)"""
+    if facts.transfer_syntax_uid not in _JPEG_SYNTAXES:
+        return None
+    jpeg_ls = facts.transfer_syntax_uid in (uids.JPEGLSLossless, uids.JPEGLSNearLossless)
+    if not jpeg_ls and facts.bits_allocated not in (8, 16):
+        return f"{facts.bits_allocated} bits allocated"
+    if facts.bits_allocated != 8:
+        return None
+    try:
+        _, precision = _sof_of(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    except (ValueError, StopIteration):
+        return "no frame header"
+    if (facts.bits_stored, precision) != (8, 8):
+        return f"{precision}-bit samples in {facts.bits_stored} of 8 bits stored"
+    return None
+
+
+def _minimal_file(ds: Dataset, facts: HeaderFacts) -> bytes:
+    """The image of ``ds`` as a small clean Part 10 file for GDCM: the checked header facts
+    and the first frame, re-encapsulated. GDCM parses the file it is given itself: on the
+    upload's own header it aborted the process (an element whose VR it finds incompatible
+    with its dictionary: std::terminate; decoder fuzzing, issue #16)."""
+    out = Dataset()
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = UID(facts.transfer_syntax_uid)
+    out.SOPClassUID = out.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    out.SOPInstanceUID = out.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    out.Rows, out.Columns, out.SamplesPerPixel = facts.rows, facts.columns, 1
+    out.PhotometricInterpretation = facts.photometric_interpretation
+    out.BitsAllocated, out.BitsStored = facts.bits_allocated, facts.bits_stored
+    out.HighBit, out.PixelRepresentation = facts.bits_stored - 1, facts.pixel_representation
+    out.PixelData = encapsulate([next(generate_frames(ds.PixelData, number_of_frames=1))])
+    out["PixelData"].VR = "OB"
+    out["PixelData"].is_undefined_length = True
+    buffer = io.BytesIO()
+    out.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def _decode_gdcm_direct(data: bytes) -> npt.NDArray[Any]:
     """Decode a single-frame grayscale file with GDCM itself, bypassing pydicom's plugin.
 
@@ -168,11 +248,15 @@ def decode_pixels(
             f"decoder plugin {plugin!r} is not installed for {facts.transfer_syntax_name}"
         )
     failures: list[str] = []
+    refusal = _gdcm_refusal(ds, facts)
     for name in candidates:
+        if refusal is not None and name in ("gdcm", GDCM_DIRECT):
+            failures.append(f"{name}: not given {refusal}")
+            continue
         _memory_errors.reset()
         try:
             if name == GDCM_DIRECT:
-                arr = _decode_gdcm_direct(data)
+                arr = _decode_gdcm_direct(_minimal_file(ds, facts))
             else:
                 # Only the frames the header declares: by default pydicom returns every
                 # whole frame the buffer holds, so trailing bytes after a single 64x64
@@ -200,6 +284,12 @@ def decode_pixels(
             )
             continue
         return _check_and_mask(arr, facts)
+    if refusal is not None and all(": not given " in f for f in failures):
+        raise UnsupportedImageError(
+            f"{facts.transfer_syntax_name} pixel data with {refusal} cannot be decoded here "
+            "(the only installed decoder for it, GDCM, aborts on such data); send the image "
+            "uncompressed or in another transfer syntax"
+        )
     raise CorruptDicomError(
         f"the {facts.transfer_syntax_name} pixel data could not be decoded (corrupt or "
         f"truncated; tried {', '.join(failures)})"

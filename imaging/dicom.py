@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import struct
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,14 +35,23 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from imaging import display
+from imaging.codestreams import check_frame, inflate_bounded
 from imaging.decoders import decode_pixels
 from imaging.errors import (
     ColourImageError,
     CorruptDicomError,
+    ImagingError,
     MultiFrameError,
     NoPixelDataError,
     NotDicomError,
@@ -60,10 +71,18 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$
 
 #: default pixel budget: 36 Mpx (6000 x 6000) is well above any chest radiograph
 DEFAULT_MAX_PIXELS = 36_000_000
+#: a Deflated Explicit VR Little Endian dataset may inflate to at most ``max_pixels * 4``
+#: bytes (the widest layout check_dataset accepts: 32 bits allocated, one sample, one
+#: frame) plus this margin for the rest of the dataset (icons, overlays, private elements):
+#: 160 MB at the default budget. pydicom itself would inflate any amount.
+DEFLATE_MARGIN_BYTES = 16 * 2**20
 
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
+_PIXEL_DATA_TAGS = re.compile(re.escape(_PIXEL_DATA_TAG_LE) + b"|" + re.escape(_PIXEL_DATA_TAG_BE))
+#: the file meta of an inflated dataset handed to pydicom: Transfer Syntax UID only
+_EXPLICIT_LE_META = b"\x02\x00\x10\x00UI" + struct.pack("<H", 20) + b"1.2.840.10008.1.2.1\x00"
 _FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
@@ -134,7 +153,7 @@ def read_dicom(
     other transfer syntaxes. The display chain is the same either way.
     """
     start = time.perf_counter()
-    ds = parse_dataset(data)
+    ds = parse_dataset(data, max_pixels=max_pixels)
     facts = check_dataset(ds, max_pixels=max_pixels)
     parsed = time.perf_counter()
     reduced = (
@@ -167,7 +186,7 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> HeaderF
     whether it leaves contrast, so ``voi_fallback`` is always None here and ``voi_source``
     may differ from what :func:`read_dicom` reports for the same bytes.
     """
-    ds = parse_dataset(data)
+    ds = parse_dataset(data, max_pixels=max_pixels)
     facts = check_dataset(ds, max_pixels=max_pixels)
     return facts.with_display(display.describe(ds))
 
@@ -193,9 +212,12 @@ def _looks_like_bare_dataset(data: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
 
 
-def parse_dataset(data: bytes) -> Dataset:
+def parse_dataset(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """Parse ``data`` into a pydicom Dataset with a usable transfer syntax.
 
+    A Deflated Explicit VR Little Endian dataset is inflated here, at most
+    ``max_pixels * 4 + DEFLATE_MARGIN_BYTES`` bytes (:class:`DecompressionBombError` past
+    that), and keeps its file meta: the facts report the Deflated transfer syntax.
     Raises :class:`NotDicomError`, :class:`TruncatedDicomError` or
     :class:`CorruptDicomError`.
     """
@@ -212,12 +234,21 @@ def parse_dataset(data: bytes) -> Dataset:
             "the upload is not DICOM: no 'DICM' marker at byte 128 and no DICOM dataset "
             "at the start"
         )
+    inflated: io.BytesIO | None = None
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not is_part10)
+        found = _deflated_meta(data)
+        if found is not None:
+            inflated = _inflate(data, found[2], max_pixels * 4 + DEFLATE_MARGIN_BYTES)
+        ds = pydicom.dcmread(inflated or io.BytesIO(data), force=not is_part10)
+        if found is not None:
+            ds.file_meta, ds.preamble = found[0], found[1]
         # Touch every top-level element now, so a malformed value fails here (where it
         # is reported as corrupt) rather than at random later.
         for elem in ds:
             _ = elem.value
+        mentions_pixels = _PIXEL_DATA not in ds and _mentions_pixel_data(inflated or data)
+    except ImagingError:
+        raise
     except EOFError as exc:
         raise TruncatedDicomError(
             f"the DICOM file is truncated ({len(data)} bytes): it ends inside an element"
@@ -226,10 +257,13 @@ def parse_dataset(data: bytes) -> Dataset:
         raise NotDicomError(f"the upload is not a valid DICOM file: {_short(exc)}") from exc
     except Exception as exc:  # pydicom raises many types on malformed input
         raise CorruptDicomError(f"the DICOM header could not be parsed: {_short(exc)}") from exc
+    finally:
+        if inflated is not None:  # the dataset holds its values: free the inflated copy
+            inflated.close()
     # pydicom drops an element cut off by the end of the file (with a warning, which is
     # global state and useless across threads); a Pixel Data tag in the bytes but not in
     # the dataset is that case.
-    if _PIXEL_DATA not in ds and (_PIXEL_DATA_TAG_LE in data or _PIXEL_DATA_TAG_BE in data):
+    if mentions_pixels:
         raise TruncatedDicomError(
             f"the DICOM file is truncated ({len(data):,} bytes): it ends before its last "
             "element is complete"
@@ -242,6 +276,38 @@ def parse_dataset(data: bytes) -> Dataset:
         )
     _ensure_transfer_syntax(ds)
     return ds
+
+
+def _deflated_meta(data: bytes) -> tuple[FileMetaDataset, bytes | None, int] | None:
+    """File meta, preamble and dataset offset of a Deflated Explicit VR LE file, else None.
+
+    Read as pydicom's ``dcmread`` reads them (which, for this syntax, would then inflate
+    the rest of the file with no limit).
+    """
+    fp = io.BytesIO(data)
+    preamble = read_preamble(fp, force=True)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    return meta, preamble, fp.tell()
+
+
+def _inflate(data: bytes, start: int, limit: int) -> io.BytesIO:
+    """``data[start:]`` inflated (at most ``limit`` bytes) as a Part 10 file that pydicom
+    reads as Explicit VR Little Endian: an empty preamble, a meta with the syntax only."""
+    out = io.BytesIO()
+    out.write(bytes(128) + b"DICM" + _EXPLICIT_LE_META)
+    inflate_bounded(memoryview(data)[start:], out, limit=limit)
+    out.seek(0)
+    return out
+
+
+def _mentions_pixel_data(source: bytes | io.BytesIO) -> bool:
+    """Whether the bytes hold a Pixel Data tag (either byte order) anywhere."""
+    if isinstance(source, io.BytesIO):
+        with source.getbuffer() as view:
+            return _PIXEL_DATA_TAGS.search(view) is not None
+    return _PIXEL_DATA_TAG_LE in source or _PIXEL_DATA_TAG_BE in source
 
 
 def _short(exc: BaseException) -> str:
@@ -326,6 +392,9 @@ def check_dataset(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Heade
         raise CorruptDicomError("PixelRepresentation must be 0 or 1")
     tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
     check_decodable(tsyntax)
+    # an empty element reads as None, a mangled VR as numbers: neither is pixel data
+    if not isinstance(ds.PixelData, bytes) or not ds.PixelData:
+        raise CorruptDicomError("the Pixel Data element is empty or not binary data")
     if not tsyntax.is_compressed:
         expected = rows * columns * bits_allocated // 8
         actual = len(ds.PixelData)
@@ -334,6 +403,10 @@ def check_dataset(ds: Dataset, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Heade
                 f"the pixel data hold {actual:,} bytes where {rows} x {columns} x "
                 f"{bits_allocated} bits need {expected:,}: the file is truncated"
             )
+    else:  # a decoder sizes its output from the codestream, not from this header
+        check_frame(
+            ds.PixelData, tsyntax, rows=rows, columns=columns, bits_allocated=bits_allocated
+        )
     return header_facts(ds, tsyntax)
 
 
@@ -354,6 +427,7 @@ def check_decodable(tsyntax: UID) -> None:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFLATE_MARGIN_BYTES",
     "DecodedImage",
     "HeaderFacts",
     "check_dataset",

@@ -7,8 +7,16 @@ full stored range), then the MONOCHROME1 inversion, so the output always reads
 
 For stored values of up to 16 bits the whole chain is folded into one lookup table over
 every possible stored value (at most 65536 entries), applied with a single gather: the
-chain is exact (pydicom's own modality and VOI LUT code on the table) and a 2048x2048
-image costs one pass instead of four float passes.
+chain is exact and a 2048x2048 image costs one pass instead of four float passes.
+
+LUT items (Modality LUT and VOI LUT Sequences) are read here, not by pydicom's
+``apply_modality_lut`` / ``apply_voi``, which raise struct, type and numpy errors on
+malformed descriptors or data (found by decoder fuzzing, issue #16): a VOI LUT item
+that is not usable (descriptor not 3 numbers, 8-16 bits, data shorter than its entries)
+is skipped for the window, as viewers do; an unusable Modality LUT, or a rescale that is
+not finite, is refused (:class:`imaging.errors.CorruptDicomError`): without it the
+stored values have no known meaning. Same semantics as pydicom's for valid items: values
+below the first mapped one take entry 0, values past the last entry take the last.
 
 VOI fallback (:func:`render`): a header VOI (window or VOI LUT) that leaves the image
 without contrast (:func:`display_contrast` under :data:`MIN_CONTRAST`; e.g. a 16-bit DX
@@ -27,7 +35,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.pixels.processing import apply_modality_lut, apply_voi
+from pydicom.uid import ExplicitVRBigEndian
+
+from imaging.errors import CorruptDicomError
 
 #: stored values of this many bits or fewer go through a lookup table
 MAX_LUT_BITS = 16
@@ -104,15 +114,95 @@ def describe(ds: Dataset) -> DisplayTransform:
     return DisplayTransform("stored_range", None, None, "LINEAR", invert)
 
 
-def _voi_lut_usable(ds: Dataset) -> bool:
+@dataclass(frozen=True)
+class Lut:
+    """A LUT item: stored (or modality) value ``first`` maps to ``table[0]``; ``bits`` is
+    the descriptor's bits per entry."""
+
+    first: int
+    table: npt.NDArray[np.float64]
+    bits: int
+
+    def apply(self, values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """Values below ``first`` take entry 0, values past the last entry the last one."""
+        index = np.clip(np.rint(values).astype(np.int64) - self.first, 0, self.table.size - 1)
+        return np.asarray(self.table[index], dtype=np.float64)
+
+
+def _little_endian(ds: Dataset) -> bool:
+    little = getattr(ds, "original_encoding", (None, None))[1]
+    if little is not None:
+        return bool(little)
+    meta = getattr(ds, "file_meta", None)
+    return meta is None or str(meta.get("TransferSyntaxUID", "")) != ExplicitVRBigEndian
+
+
+def read_lut(ds: Dataset, keyword: str) -> Lut | None:
+    """The first item of sequence ``keyword`` as a :class:`Lut`; None when the sequence is
+    absent or empty, or its first item is not usable (see the module docstring)."""
     try:
-        seq = ds.get("VOILUTSequence")
+        seq = ds.get(keyword)
         if not seq:
-            return False
+            return None
         item = seq[0]
-        return "LUTDescriptor" in item and "LUTData" in item
-    except Exception:  # a malformed sequence: fall back to the window, as viewers do
-        return False
+        descriptor = [int(v) for v in item.LUTDescriptor]
+        data = item.LUTData
+    except Exception:  # malformed item (bad VR, odd length, text): not usable
+        return None
+    if len(descriptor) != 3 or not 8 <= descriptor[2] <= 16:
+        return None
+    entries, first, bits = descriptor[0] or 1 << 16, descriptor[1], descriptor[2]
+    if isinstance(data, bytes):  # OW: 16-bit words in the dataset's byte order
+        if len(data) < 2 * entries:
+            return None
+        dtype = "<u2" if _little_endian(ds) else ">u2"
+        table = np.frombuffer(data, dtype=dtype, count=entries).astype(np.float64)
+    elif isinstance(data, int | list | tuple) or hasattr(data, "__iter__"):
+        values = [data] if isinstance(data, int) else list(data)
+        if len(values) < entries or not all(isinstance(v, int) for v in values[:entries]):
+            return None
+        table = np.asarray(values[:entries], dtype=np.float64)
+    else:  # empty (None) or text: no table
+        return None
+    if first < -(1 << 16) or first > (1 << 16) or not np.isfinite(table).all():
+        return None
+    return Lut(first, table, bits)
+
+
+def _voi_lut_usable(ds: Dataset) -> bool:
+    return read_lut(ds, "VOILUTSequence") is not None
+
+
+def modality_values(stored: npt.NDArray[Any], ds: Dataset) -> npt.NDArray[np.float64]:
+    """The modality LUT stage (PS3.4 N.2.1.1): the Modality LUT Sequence's first item, else
+    Rescale Slope / Intercept (both present), else the stored values themselves.
+
+    Raises :class:`CorruptDicomError` for an unusable Modality LUT or a rescale that is
+    not a finite number or overflows."""
+    has_sequence = False
+    try:
+        has_sequence = bool(ds.get("ModalityLUTSequence"))
+    except Exception:  # the sequence does not parse: as unusable as a bad item
+        has_sequence = True
+    if has_sequence:
+        lut = read_lut(ds, "ModalityLUTSequence")
+        if lut is None:
+            raise CorruptDicomError(
+                "the Modality LUT Sequence is malformed (its descriptor or data cannot be "
+                "read), so the stored values have no known meaning"
+            )
+        return lut.apply(stored)
+    values = stored.astype(np.float64)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope = _first_number(ds.get("RescaleSlope"))
+        intercept = _first_number(ds.get("RescaleIntercept"))
+        if slope is None or intercept is None:
+            raise CorruptDicomError("Rescale Slope / Intercept are not finite numbers")
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values * slope + intercept
+        if not np.isfinite(values).all():
+            raise CorruptDicomError("Rescale Slope / Intercept overflow the stored values")
+    return values
 
 
 def _window(values: npt.NDArray[np.float64], t: DisplayTransform) -> npt.NDArray[np.float64]:
@@ -131,12 +221,10 @@ def _voi(
 ) -> npt.NDArray[np.float64]:
     """Apply the chosen VOI to modality values; output in [0, 1]."""
     if t.voi_source == "voi_lut_sequence":
-        item = ds.VOILUTSequence[0]
-        nbits = int(item.LUTDescriptor[2]) or 16
+        lut = read_lut(ds, "VOILUTSequence")
+        assert lut is not None  # describe() chose it because it is usable
         # The VOI LUT is indexed by (integer) modality values.
-        indices = np.rint(values).astype(np.int64)
-        lut_values = np.asarray(apply_voi(indices, ds, index=0), dtype=np.float64)
-        return np.clip(lut_values / float((1 << nbits) - 1), 0.0, 1.0)
+        return np.clip(lut.apply(values) / float((1 << lut.bits) - 1), 0.0, 1.0)
     if t.voi_source == "window":
         return _window(values, t)
     lo, hi = full
@@ -156,7 +244,7 @@ def display_lut(
     lo, hi = stored_range(bits_stored, pixel_representation)
     # int64, not float: a Modality LUT Sequence indexes its table with the stored values.
     stored = np.arange(lo, hi + 1, dtype=np.int64)
-    modality = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    modality = modality_values(stored, ds)
     full = (float(modality.min()), float(modality.max()))
     out = _voi(modality, ds, t, full)
     if t.invert:
@@ -183,8 +271,8 @@ def to_display(
     # Wide (17-32 bit) stored values: no table, the same chain in float64.
     lo, hi = stored_range(min(bits_stored, 32), pixel_representation)
     values = np.clip(stored.astype(np.int64), lo, hi)
-    modality = np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
-    ends = np.asarray(apply_modality_lut(np.array([lo, hi], dtype=np.int64), ds))
+    modality = modality_values(values, ds)
+    ends = modality_values(np.array([lo, hi], dtype=np.int64), ds)
     out = _voi(modality, ds, t, (float(ends.min()), float(ends.max())))
     if t.invert:
         out = 1.0 - out

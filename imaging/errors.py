@@ -75,3 +75,18 @@ class UnsupportedImageError(ImagingError):
     """A grayscale image whose pixel description cannot be assessed (e.g. float pixels)."""
 
     code = "unsupported_image"
+
+
+class CodestreamMismatchError(CorruptDicomError):
+    """The compressed frame's own header contradicts the DICOM header (another size, more
+    components, wider samples, a wrong RLE segment count): refused before any decoder runs,
+    because a decoder sizes its output from the codestream."""
+
+    code = "codestream_mismatch"
+
+
+class DecompressionBombError(PixelBudgetError):
+    """Compressed data would inflate past what any image within the pixel budget needs
+    (a deflated dataset): refused while inflating, before the memory is spent."""
+
+    code = "decompression_bomb"

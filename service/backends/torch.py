@@ -109,13 +109,15 @@ class TorchBackend(Backend):
         cuda_graphs: bool | None = None,
     ) -> None:
         # Imported here: the ONNX Runtime path of the service needs no torch model code.
-        from cxrmodel.checkpoint import load_checkpoint, model_from_checkpoint
+        from cxrmodel.checkpoint import model_from_checkpoint
 
         if device == Device.CUDA:
             require_cuda()
         torch.set_num_threads(intra_op_threads)
         try:
-            state = load_checkpoint(checkpoint_path)
+            # weights_only: the served .pt holds tensors and a plain model config, and the
+            # manifest's sha256 is not a signature, so unpickling must not run code
+            state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
             model = model_from_checkpoint(state)
         except Exception as exc:
             raise ModelFileError(

@@ -86,7 +86,9 @@ def test_a_planted_fault_costs_one_image(
     # and the pool serves the next images as before, on every worker
     body, expected = image
     for _ in range(4):
-        np.testing.assert_array_equal(decode_pool.decode(body, max_pixels=MAX_PIXELS).pixels, expected)
+        np.testing.assert_array_equal(
+            decode_pool.decode(body, max_pixels=MAX_PIXELS).pixels, expected
+        )
 
 
 def test_an_unmarked_frame_decodes_with_the_real_plugins(pool) -> None:
