@@ -9,7 +9,7 @@ RUN := $(UV) run --frozen $(EXTRAS)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help uv install serve test test-all models bench bench-vs bench-gpu lint audit soak soak-short openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
+.PHONY: help uv install serve test test-all models bench bench-vs bench-gpu lint audit fuzz soak soak-short openapi study study-antialias loadtest locust cost-report triton-repo install-sizes deploy-check image image-gpu compose-up contact-sheet screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,8 @@ bench: install  ## run the benchmarks (writes benchmarks/results/*.json and prin
 	$(RUN) python -m benchmarks.bench_training --out benchmarks/results/training.json --budget-s 6
 	$(RUN) python -m benchmarks.bench_service --out benchmarks/results/service.json
 	$(RUN) python -m benchmarks.bench_pacs --out benchmarks/results/pacs.json
+	$(RUN) python -m benchmarks.bench_bombs --out benchmarks/results/bombs.json
+	$(RUN) python -m benchmarks.bench_decode_isolation --out benchmarks/results/decode_isolation.json
 	$(RUN) python -m benchmarks.bench_rle --out benchmarks/results/rle.json
 	$(RUN) python -m benchmarks.bench_j2k_reduce --mode accurate --auroc-n 100 --out benchmarks/results/j2k_reduce_accurate.json
 	$(RUN) python -m benchmarks.bench_j2k_reduce --mode fast --auroc-n 100 --out benchmarks/results/j2k_reduce.json
@@ -54,6 +56,10 @@ lint: install  ## ruff + mypy (strict on imaging/ and service/) + the lockfile a
 AUDIT_ARGS ?=
 audit: install  ## known vulnerabilities of every package pinned in uv.lock (pip-audit; strict: also fails when data is missing, README "Supply chain")
 	$(RUN) python tools/audit_lock.py $(AUDIT_ARGS)
+
+fuzz: install  ## the long fuzz runs: 10,000 decoder cases -> benchmarks/results/decoder_fuzz.json, then the slow schemathesis run
+	$(RUN) python -m benchmarks.fuzz_decoders --cases 10000 --seed 16 --out benchmarks/results/decoder_fuzz.json
+	$(RUN) pytest -m slow tests/fuzz/test_api_schema_fuzz.py -q
 
 soak: install  ## 30-minute soak of a real service at 4 req/s on the test models -> benchmarks/results/soak_30min.{json,png}
 	$(RUN) python -m benchmarks.soak --duration-s 1800 --out benchmarks/results/soak_30min.json

@@ -25,12 +25,17 @@ from service.logs import configure_logging, request_id_var
 from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
 from service.routes import dicomweb, display, health, jobs, models, predict
+from service.routes.predict import error_responses
 from service.routes.viewer import mount_viewer
 from service.runtime import ServiceRuntime
 from service.settings import Settings, get_settings
 from sharpcxr import __version__
 
 log = logging.getLogger("sharpcxr.service")
+RATE_LIMITED = (
+    "over the per-key rate limit (rate_limited; SHARPCXR_RATE_LIMIT_PER_MINUTE): retry after "
+    "Retry-After seconds"
+)
 
 DESCRIPTION = """
 A DICOM goes in; a pneumothorax probability, a Grad-CAM saliency mask and bounding boxes
@@ -118,13 +123,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # One API router with the version prefix; authentication is its dependency, so every
     # /v1 route has it. Operational endpoints (health, metrics) stay open.
-    api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    # every authenticated route may be rate limited (require_api_key applies the limit)
+    limited = error_responses({429: RATE_LIMITED})
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=limited)
     api.include_router(predict.router)
     api.include_router(models.router)
     api.include_router(display.router)
     api.include_router(jobs.router)
     app.include_router(api)
-    app.include_router(dicomweb.router, dependencies=[Depends(require_api_key)])
+    app.include_router(dicomweb.router, dependencies=[Depends(require_api_key)], responses=limited)
     app.include_router(health.router)
     mount_viewer(app)
 

@@ -206,7 +206,7 @@ class HealthResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "loading", "draining", "failed"]
     resolutions: list[int] = []
     detail: str | None = None
 

@@ -87,7 +87,7 @@ async def read_limited(
     or :class:`UploadTimeoutError` when it pauses longer than ``idle_timeout_s`` (default:
     the app's ``upload_idle_timeout_s``)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(limit_mb)
     chunks: list[bytes] = []
     size = 0

@@ -4,4 +4,4 @@
 the HTTP API's (``/openapi.json``) and the README changelog's latest entry.
 """
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"

@@ -327,7 +327,8 @@ class MultipartParser:
         self._failure = None
         self._declared = None
         length = headers.get("content-length")
-        if length is not None and not length.isdigit():
+        # isascii: str.isdigit() is also True for "³" or "²", which int() refuses (a 500)
+        if length is not None and not (length.isascii() and length.isdigit()):
             self._fail("malformed", "its Content-Length is not a number of bytes")
         elif length is not None:
             self._declared = int(length)

@@ -31,7 +31,8 @@ from service.pacs.stow import (
     store_response,
     warning_headers,
 )
-from service.routes.predict import request_deadline
+from service.routes.predict import UNAUTHORIZED, error_responses, request_deadline
+from service.upload import stream_with_idle_timeout
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 log = logging.getLogger(__name__)
@@ -54,11 +55,21 @@ STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
                          "the others", "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
     409: {"description": "none stored; FailedSOPSequence says why",
           "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
-    400: {"description": "malformed multipart body (no boundary, no parts)"},
-    401: {"description": "missing or wrong API key (when keys are configured)"},
-    413: {"description": "request over SHARPCXR_STOW_MAX_REQUEST_MB"},
-    415: {"description": "not multipart/related; type=\"application/dicom\""},
+    **error_responses({
+        400: "malformed multipart body (no boundary, no parts)",
+        401: UNAUTHORIZED,
+        408: "the upload paused longer than SHARPCXR_UPLOAD_IDLE_TIMEOUT_S (parts already "
+        "stored stay stored)",
+        413: "request over SHARPCXR_STOW_MAX_REQUEST_MB",
+        415: 'not multipart/related; type="application/dicom"',
+        503: "past SHARPCXR_STOW_TIMEOUT_S, or not ready (see Retry-After)",
+    }),
 }  # fmt: skip
+#: ... and into one study: its UID in the path must be a UID
+STOW_STUDY_RESPONSES = {
+    **STOW_RESPONSES,
+    **error_responses({422: "the study in the path is not a UID (invalid_parameter)"}),
+}
 StudyUID = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 
 
@@ -70,7 +81,7 @@ async def _store(
     failed: list[FailedRef] = []
     async with request_deadline(settings.stow_timeout_s):
         parts = iter_parts(
-            request.stream(),
+            stream_with_idle_timeout(request),
             related.boundary,
             max_part_bytes=int(settings.max_upload_mb * 1024 * 1024),
             max_total_bytes=int(settings.stow_max_request_mb * 1024 * 1024),
@@ -121,7 +132,7 @@ async def store_instances(
 
 @router.post(
     "/studies/{study_uid}",
-    responses=STOW_RESPONSES,
+    responses=STOW_STUDY_RESPONSES,
     openapi_extra=STOW_BODY,
     summary="STOW-RS into one study: instances of another study are refused (C409H)",
     response_class=JSONResponse,

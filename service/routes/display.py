@@ -28,15 +28,15 @@ from imaging.dicom import DecodedImage
 from service.deps import PipelineDep, RunnerDep, SettingsDep
 from service.errors import NotFoundError
 from service.pipeline import Pipeline
-from service.routes.predict import DICOM_BODY, ERRORS, request_deadline
+from service.routes.jobs import READ_ERRORS
+from service.routes.predict import DICOM_BODY, ERRORS, error_responses, request_deadline
 from service.upload import read_dicom_upload
 
 router = APIRouter(tags=["viewer"])
 
 JobId = Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{32}$")]
 
-DISPLAY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
+DISPLAY_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "rows x columns little-endian uint16, row-major (value / 65535 = "
         "display value, higher = brighter)",
@@ -51,6 +51,16 @@ DISPLAY_RESPONSES: dict[int | str, dict[str, Any]] = {
                       "description": "voi_lut_sequence | window | stored_range"},
         },
     },
+}  # fmt: skip
+#: an upload may be refused as for predict; a held image as a job may, or as its decode
+DISPLAY_RESPONSES = {**ERRORS, **DISPLAY_OK}
+JOB_DISPLAY_RESPONSES = {
+    **READ_ERRORS,
+    **error_responses({
+        400: "the held image is corrupt or truncated after all (corrupt_dicom, ...)",
+        422: "an invalid job id, or a held image the display chain cannot read",
+    }),
+    **DISPLAY_OK,
 }  # fmt: skip
 
 
@@ -92,7 +102,7 @@ async def display(request: Request, pipeline: PipelineDep, settings: SettingsDep
 @router.get(
     "/jobs/{job_id}/display",
     response_class=Response,
-    responses=DISPLAY_RESPONSES,
+    responses=JOB_DISPLAY_RESPONSES,
     summary="A received instance through the display chain, while it is held",
 )
 async def job_display(

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from service.deps import RunnerDep
 from service.errors import NotFoundError
-from service.routes.predict import ERRORS
+from service.routes.predict import UNAUTHORIZED, UNAVAILABLE, error_responses
 from service.schemas import (
     DeliveryOut,
     JobErrorOut,
@@ -34,6 +34,18 @@ log = logging.getLogger(__name__)
 UID = Annotated[str, Path(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$")]
 JobId = Annotated[str, Path(max_length=32, pattern=r"^[0-9a-f]{32}$")]
 JobState = Literal["queued", "processing", "done", "refused", "failed"]
+
+#: what the worklist may be answered besides 200 (no body to refuse: no 400, 413, 415)
+LIST_ERRORS = error_responses({
+    401: UNAUTHORIZED,
+    422: "a query parameter outside its range (invalid_parameter)",
+    503: UNAVAILABLE,
+})  # fmt: skip
+#: ... and a route naming one job, study or result object: 404 when it is not held
+READ_ERRORS = {
+    **LIST_ERRORS,
+    **error_responses({404: "no job, study or result object with this id is held (not_found)"}),
+}
 
 
 def _when(seconds: float) -> datetime:
@@ -109,7 +121,7 @@ def job_summary(row: dict[str, Any]) -> JobSummary:
 @router.get(
     "/jobs",
     response_model=JobListResponse,
-    responses=ERRORS,
+    responses=LIST_ERRORS,
     summary="The worklist: the most recently received instances and their answers",
 )
 async def list_jobs(
@@ -127,7 +139,7 @@ async def list_jobs(
 @router.get(
     "/jobs/{job_id}",
     response_model=JobResponse,
-    responses=ERRORS,
+    responses=READ_ERRORS,
     summary="One received instance: its state, answer and DICOM results",
 )
 async def get_job(job_id: JobId, runner: RunnerDep) -> JobResponse:
@@ -140,7 +152,7 @@ async def get_job(job_id: JobId, runner: RunnerDep) -> JobResponse:
 @router.get(
     "/studies/{study_uid}/results",
     response_model=StudyResultsResponse,
-    responses=ERRORS,
+    responses=READ_ERRORS,
     summary="Every received instance of a study and its results",
 )
 async def study_results(study_uid: UID, runner: RunnerDep) -> StudyResultsResponse:
@@ -154,7 +166,7 @@ async def study_results(study_uid: UID, runner: RunnerDep) -> StudyResultsRespon
 
 @router.get(
     "/results/{sop_instance_uid}",
-    responses={**ERRORS, 200: {"content": {"application/dicom": {}},
+    responses={**READ_ERRORS, 200: {"content": {"application/dicom": {}},
                                "description": "the SEG, SR or GSPS as a Part 10 file"}},
     response_class=Response,
     summary="One DICOM result object (SEG, SR or GSPS)",

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.deps import RegistryDep
 from service.registry import ServedModel
+from service.routes.predict import UNAUTHORIZED, error_responses
 from service.schemas import CalibrationInfo, ModelInfo, ModelsResponse, OodInfo
 
 router = APIRouter(tags=["models"])
@@ -46,7 +47,12 @@ def model_info(model: ServedModel) -> ModelInfo:
     )
 
 
-@router.get("/models", response_model=ModelsResponse, summary="Every loaded model")
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    responses=error_responses({401: UNAUTHORIZED, 503: "the models are still loading"}),
+    summary="Every loaded model",
+)
 async def list_models(registry: RegistryDep) -> ModelsResponse:
     return ModelsResponse(
         default_resolution=registry.default_resolution,

@@ -36,24 +36,38 @@ DICOM_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {"file": {"type": "string", "format": "binary"}},
-                }
+                },
+                "encoding": {"file": {"contentType": "application/dicom"}},
             },
         },
         "description": "one single-frame grayscale radiograph as a DICOM Part 10 file",
     }
 }
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "not DICOM, corrupt or truncated, or a malformed request",
-        401: "missing or wrong API key (when keys are configured)",
-        413: "upload over SHARPCXR_MAX_UPLOAD_MB",
-        415: "unsupported media type",
-        422: "valid DICOM that cannot be assessed (including the gate's codes with "
-        "SHARPCXR_GATE=refuse), or an unknown resolution / method",
-        503: "overloaded, past its deadline or not ready (see Retry-After)",
-    }.items()
-}
+#: the description of a 401, the same on every protected route
+UNAUTHORIZED = "missing or wrong API key (when keys are configured)"
+#: the description of a 503, the same on every route behind the models
+UNAVAILABLE = "overloaded, past its deadline or not ready (see Retry-After)"
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for error statuses, each with the JSON error body."""
+    return {
+        status: {"model": ErrorResponse, "description": description}
+        for status, description in descriptions.items()
+    }
+
+
+#: what an upload (predict, compare, display) may be answered besides 200
+ERRORS = error_responses({
+    400: "not DICOM, corrupt or truncated, or a malformed request",
+    401: UNAUTHORIZED,
+    413: "upload over SHARPCXR_MAX_UPLOAD_MB",
+    408: "the upload paused longer than SHARPCXR_UPLOAD_IDLE_TIMEOUT_S (upload_timeout)",
+    415: "unsupported media type",
+    422: "valid DICOM that cannot be assessed (including the gate's codes with "
+    "SHARPCXR_GATE=refuse), or an unknown resolution / method",
+    503: UNAVAILABLE,
+})  # fmt: skip
 
 MaskFormat = Annotated[
     Literal["png", "rle"], Query(description="png: base64 1-bit PNG; rle: COCO RLE counts")
@@ -176,10 +190,11 @@ def parse_resolutions(text: str | None, available: list[int]) -> list[int]:
     wanted: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or len(part) > 5:
-            raise InvalidParameterError(
-                f"resolutions must be comma-separated integers such as 256,512,1024; "
-                f"got {part[:20]!r}"
+        # isascii: str.isdigit() is also True for "6³", which int() refuses (was a 500)
+        if not (part.isascii() and part.isdigit()) or len(part) > 5:
+            raise InvalidParameterError(  # the value is not echoed (README "Errors")
+                "resolutions must be comma-separated integers of at most 5 digits, such as "
+                "256,512,1024"
             )
         if int(part) not in wanted:
             wanted.append(int(part))
@@ -203,7 +218,11 @@ async def compare(
     options: OptionsDep,
     resolutions: Annotated[
         str | None,
-        Query(max_length=100, description="comma-separated, e.g. 256,512,1024; default: all"),
+        Query(
+            max_length=100,
+            pattern=r"^[0-9, ]*$",
+            description="comma-separated, e.g. 256,512,1024; default: all",
+        ),
     ] = None,
 ) -> CompareResponse:
     ctx = new_context(options, settings)

@@ -221,14 +221,6 @@ def test_a_trickled_upload_is_answered_408_and_its_connection_freed(
     measured["upload_closed_after_408_s"] = round(closed_after, 3)
 
 
-WIRED_STOW = "stream_with_idle_timeout" in (REPO / "service/routes/dicomweb.py").read_text()
-
-
-@pytest.mark.xfail(
-    not WIRED_STOW,
-    reason="service/routes/dicomweb.py reads request.stream() without the idle timeout",
-    strict=True,
-)
 def test_a_trickled_stow_is_answered_408(limited: str) -> None:
     sock = connect(limited)
     sock.sendall(
@@ -442,12 +434,6 @@ def test_a_key_over_its_burst_gets_429_and_another_key_does_not(
 
 
 # ------------------------------------------------------------------ the real server
-WIRED = "uvicorn_limits" in (REPO / "service" / "server.py").read_text()
-
-
-@pytest.mark.xfail(
-    not WIRED, reason="service/server.py does not pass uvicorn_limits(settings) yet", strict=True
-)
 def test_python_m_service_applies_the_limits(models_dir: Path, tmp_path: Path) -> None:
     server = Server(
         models_dir,
