@@ -80,7 +80,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # ---------------------------------------------------------------------------------------------
 # gpu: CUDA 13 runtime with cuDNN 9 (what onnxruntime-gpu's CUDA execution provider loads).
 FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS gpu
-ARG VERSION=0.9.0
+ARG VERSION=0.10.0
 ARG SOURCE_URL=""
 ARG REVISION=""
 LABEL org.opencontainers.image.title="sharpcxr" \
@@ -145,7 +145,7 @@ COPY --from=models-build /out /
 # ---------------------------------------------------------------------------------------------
 # cpu: the serving image. Last in the file, so a plain `docker build .` builds it.
 FROM python:3.12.12-slim-bookworm AS cpu
-ARG VERSION=0.9.0
+ARG VERSION=0.10.0
 ARG SOURCE_URL=""
 ARG REVISION=""
 LABEL org.opencontainers.image.title="sharpcxr" \
