@@ -122,14 +122,19 @@ def _worker_main(
         except Exception as exc:  # a bug, not the input's fault: the service logs a 500
             conn.send(("error", type(exc).__name__))
             continue
-        pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
-        meta = replace(decoded, pixels=np.empty((0, 0), np.float32))
-        if segment is not None and pixels.nbytes <= segment_bytes:
-            np.frombuffer(segment, np.float32, pixels.size).reshape(pixels.shape)[:] = pixels
-            conn.send(("ok", meta, _PIXELS_IN_SEGMENT, pixels.shape))
-        else:
-            conn.send(("ok", meta, _PIXELS_IN_PIPE, pixels.shape))
-            conn.send_bytes(pixels.tobytes())
+        try:
+            pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
+            meta = replace(decoded, pixels=np.empty((0, 0), np.float32))
+            if segment is not None and pixels.nbytes <= segment_bytes:
+                np.frombuffer(segment, np.float32, pixels.size).reshape(pixels.shape)[:] = pixels
+                conn.send(("ok", meta, _PIXELS_IN_SEGMENT, pixels.shape))
+            else:
+                payload = pixels.tobytes()
+                conn.send(("ok", meta, _PIXELS_IN_PIPE, pixels.shape))
+                conn.send_bytes(payload)
+        except MemoryError:
+            conn.send(("memory", None))
+            return
 
 
 def _portable(exc: ImagingError) -> ImagingError:
@@ -151,6 +156,8 @@ class _Worker:
     conn: Connection
     segment: mmap.mmap | None
     pid: int
+    #: an image was sent and its answer not wholly read: the pipe may hold stale data
+    busy: bool = False
 
 
 class DecodePool:
@@ -224,24 +231,30 @@ class DecodePool:
         return path
 
     def _spawn(self) -> _Worker:
-        path = self._segment_file()
-        parent_conn, child_conn = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_worker_main,
-            args=(
-                child_conn,
-                path,
-                self.segment_bytes,
-                self.memory_mb,
-                self.plugins,
-                self.decoder_threads,
-            ),
-            name="sharpcxr-decode",
-            daemon=True,
-        )
+        """A started, ready worker, or :class:`DecodeWorkersError` (never another type:
+        callers keep the pool's slot count on that one exception); nothing leaks."""
+        path: str | None = None
+        parent_conn = child_conn = None
+        process: BaseProcess | None = None
         try:
+            path = self._segment_file()
+            parent_conn, child_conn = self._context.Pipe(duplex=True)
+            process = self._context.Process(
+                target=_worker_main,
+                args=(
+                    child_conn,
+                    path,
+                    self.segment_bytes,
+                    self.memory_mb,
+                    self.plugins,
+                    self.decoder_threads,
+                ),
+                name="sharpcxr-decode",
+                daemon=True,
+            )
             process.start()
             child_conn.close()
+            child_conn = None
             if not parent_conn.poll(START_TIMEOUT_S):
                 raise DecodeWorkersError("a decode worker did not start in time")
             kind, pid = parent_conn.recv()
@@ -251,18 +264,22 @@ class DecodePool:
             if path is not None:
                 with open(path, "r+b") as fh:
                     segment = mmap.mmap(fh.fileno(), self.segment_bytes)
-        except (EOFError, OSError) as exc:
-            process.kill()
-            process.join(5)
+        except Exception as exc:
+            exit_code = None
+            if process is not None and process.pid is not None:  # only a started one
+                process.kill()
+                process.join(5)
+                exit_code = process.exitcode
+            for conn in (parent_conn, child_conn):
+                if conn is not None:
+                    conn.close()
+            if isinstance(exc, DecodeWorkersError):
+                raise
             raise DecodeWorkersError(
-                f"a decode worker exited at start (exit code {process.exitcode}): "
+                f"a decode worker exited at start (exit code {exit_code}): "
                 f"{type(exc).__name__}; check SHARPCXR_DECODE_MEMORY_MB "
                 f"({self.memory_mb} MB) and SHARPCXR_DECODER_PLUGINS"
             ) from None
-        except DecodeWorkersError:
-            process.kill()
-            process.join(5)
-            raise
         finally:
             if path is not None:
                 Path(path).unlink(missing_ok=True)  # both sides hold it open: nothing leaks
@@ -298,10 +315,15 @@ class DecodePool:
         if self._closed.is_set():
             return
         try:
-            self._idle.put(self._spawn())
-        except DecodeWorkersError:
+            fresh = self._spawn()
+        except Exception:
             log.error("decode worker could not be restarted")
             self._idle.put(None)  # the slot stays; the next caller tries again
+            return
+        if self._closed.is_set():
+            self._stop(fresh)
+        else:
+            self._idle.put(fresh)
 
     # -------------------------------------------------------------- one image
     def decode(self, body: bytes, *, max_pixels: int, min_side: int | None = None) -> DecodedImage:
@@ -310,17 +332,26 @@ class DecodePool:
         Raises what ``read_dicom`` raises (:class:`imaging.errors.ImagingError`), or
         :class:`DecoderFailedError` when the worker died, ran past ``timeout_s`` or out of
         memory on this image."""
+        if self._closed.is_set():
+            raise DecodeWorkersError("the decode pool is closed")
         worker = self._idle.get()
+        while worker is not None and not worker.process.is_alive():
+            # died while idle (OOM killer, an operator): not this image's fault
+            self._lost(worker, "crashed", time.monotonic(), 0)
+            worker = self._idle.get()
         if worker is None:
             try:
                 worker = self._spawn()
-            except DecodeWorkersError:
+            except BaseException:
                 self._idle.put(None)
                 raise
         try:
             return self._decode_in(worker, body, max_pixels, min_side)
         finally:
-            if worker.process.is_alive() and not worker.conn.closed:
+            if worker.busy and worker.process.is_alive() and not worker.conn.closed:
+                # an answer may still be in the pipe: never give this worker another image
+                self._lost(worker, "crashed", time.monotonic(), len(body))
+            elif worker.process.is_alive() and not worker.conn.closed:
                 if self._closed.is_set():
                     self._stop(worker)
                 else:
@@ -330,6 +361,7 @@ class DecodePool:
         self, worker: _Worker, body: bytes, max_pixels: int, min_side: int | None
     ) -> DecodedImage:
         started = time.monotonic()
+        worker.busy = True  # until its whole answer is read (decode() checks)
         try:
             if worker.segment is not None and len(body) <= self.segment_bytes:
                 worker.segment[: len(body)] = body
@@ -337,16 +369,10 @@ class DecodePool:
             else:
                 worker.conn.send((-1, max_pixels, min_side))
                 worker.conn.send_bytes(body)
-            if not worker.conn.poll(self.timeout_s):
-                self._lost(worker, "timeout", started, len(body))
-                raise DecoderFailedError(
-                    "decode_timeout",
-                    f"decoding the image took longer than {self.timeout_s:g} s "
-                    "(SHARPCXR_DECODE_TIMEOUT_S); the file is probably corrupt or hostile",
-                )
-            answer = worker.conn.recv()
-            kind = answer[0]
-            if kind == "ok":
+            answered = worker.conn.poll(self.timeout_s)
+            answer = worker.conn.recv() if answered else None
+            kind = answer[0] if answer is not None else "timeout"
+            if kind == "ok" and answer is not None:
                 _, meta, where, shape = answer
                 if where == _PIXELS_IN_SEGMENT:
                     assert worker.segment is not None
@@ -354,11 +380,14 @@ class DecodePool:
                     view = np.frombuffer(worker.segment, np.float32, count)
                     pixels = view.reshape(shape).copy()  # the segment is reused next image
                 else:
-                    raw = worker.conn.recv_bytes()
+                    raw = bytearray(worker.conn.recv_bytes())  # writeable, as read_dicom's
                     pixels = np.frombuffer(raw, np.float32).reshape(shape)
+                worker.busy = False
                 decoded: DecodedImage = replace(meta, pixels=pixels)
                 return decoded
+            worker.busy = kind == "timeout"  # a late answer may still come: never reuse
         except (EOFError, OSError, BrokenPipeError):
+            worker.busy = False
             self._lost(worker, "crashed", started, len(body))
             raise DecoderFailedError(
                 "decoder_crashed",
@@ -366,6 +395,15 @@ class DecodePool:
                 "are unaffected); the file is probably corrupt: send it again re-encoded, "
                 "or uncompressed",
             ) from None
+        if kind == "timeout":
+            worker.busy = False  # _lost kills and replaces it here
+            self._lost(worker, "timeout", started, len(body))
+            raise DecoderFailedError(
+                "decode_timeout",
+                f"decoding the image took longer than {self.timeout_s:g} s "
+                "(SHARPCXR_DECODE_TIMEOUT_S); the file is probably corrupt or hostile",
+            )
+        assert answer is not None
         if kind == "refused":
             raise answer[1]
         if kind == "memory":

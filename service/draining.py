@@ -117,7 +117,10 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.drain_announced:
             self.drain_announced = True
-            await self.runtime.begin_drain()
+            try:
+                await self.runtime.begin_drain()
+            except Exception as exc:  # the drain goes on: new requests are refused already
+                log.error("drain start failed", extra={"error": type(exc).__name__})
             log.info(
                 "draining: new requests get 503, accepted ones finish",
                 extra={

@@ -101,9 +101,11 @@ def test_sigterm_under_load_finishes_every_accepted_request(
     print(f"outcomes: {dict(counts)}; exit {code} after {exited:.1f} s")
     assert code == 0
     assert exited < 30 + 10  # shutdown_timeout_s, plus uvicorn's close and the runtime stop
-    before = [o for sent, o in outcomes if sent < signalled - 0.1]
+    # 1 s margin: on 2 busy cores a request sent just before the signal may reach the
+    # server after it (and is then refused cleanly, as it should be)
+    before = [o for sent, o in outcomes if sent < signalled - 1.0]
     assert before and set(before) == {"ok"}, Counter(before)  # accepted -> answered
-    after = {o.split(":")[0] for sent, o in outcomes if sent >= signalled - 0.1}
+    after = {o.split(":")[0] for sent, o in outcomes if sent >= signalled - 1.0}
     assert after <= {"ok", "shutting_down", "refused_connection", "unanswered"}, counts
     assert counts["shutting_down"] > 0  # the drain window refused new work cleanly
     log = server.log()

@@ -112,6 +112,7 @@ def test_many_threads_share_the_workers(pool, image) -> None:
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads)  # a deadlocked pool fails here
     assert not errors
 
 
@@ -132,3 +133,53 @@ def test_a_worker_that_cannot_start_is_a_clear_error() -> None:
     with pytest.raises(DecodeWorkersError, match="SHARPCXR_DECODER_PLUGINS"):
         broken.start()
     broken.close()
+
+
+def test_a_worker_killed_while_idle_costs_no_request(image) -> None:
+    import os
+    import signal
+
+    body, expected = image
+    pool = DecodePool(1, timeout_s=10, memory_mb=3072)
+    pool.start()
+    try:
+        [pid] = pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.3)
+        np.testing.assert_array_equal(pool.decode(body, max_pixels=MAX_PIXELS).pixels, expected)
+        assert pool.pids() != [pid]
+    finally:
+        pool.close()
+
+
+def test_a_failed_restart_keeps_the_slot(image, monkeypatch: pytest.MonkeyPatch) -> None:
+    body, expected = image
+    pool = DecodePool(1, timeout_s=3, memory_mb=3072, plugins=["tests.service.planted_codecs"])
+    pool.start()
+    real_spawn = pool._spawn
+    calls = {"n": 0}
+
+    def failing_once():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("no file descriptors")  # not a DecodeWorkersError
+        return real_spawn()
+
+    monkeypatch.setattr(pool, "_spawn", failing_once)
+    try:
+        with pytest.raises(DecoderFailedError):
+            pool.decode(planted_codecs.planted_rle(planted_codecs.ABORT), max_pixels=MAX_PIXELS)
+        # the restart failed, the slot is kept: the next call starts a worker and decodes
+        np.testing.assert_array_equal(pool.decode(body, max_pixels=MAX_PIXELS).pixels, expected)
+    finally:
+        pool.close()
+
+
+def test_a_closed_pool_refuses_at_once(image) -> None:
+    from service.decode_pool import DecodeWorkersError
+
+    pool = DecodePool(1, timeout_s=10, memory_mb=3072)
+    pool.start()
+    pool.close()
+    with pytest.raises(DecodeWorkersError, match="closed"):
+        pool.decode(image[0], max_pixels=MAX_PIXELS)
