@@ -52,9 +52,9 @@ from service.errors import DecoderFailedError, ServiceError
 
 log = logging.getLogger(__name__)
 
-#: shared-memory segment per worker: a 4096 x 2048 float32 image (32 MiB); larger images
-#: travel through the pipe. Small enough for Docker's default 64 MiB /dev/shm with two
-#: workers; sized so chest radiographs (up to ~3000 x 3000 at 36 MB) mostly fit.
+#: shared-memory segment per worker: 32 MiB, a float32 image up to 8.4 Mpx (2896 x 2896);
+#: larger ones (a 3072 x 3072 DR image) travel through the pipe. Small enough for Docker's
+#: default 64 MiB /dev/shm with two workers.
 SEGMENT_BYTES = 32 * 1024 * 1024
 #: how long a new worker may take to import the codecs and say it is ready
 START_TIMEOUT_S = 60.0
